@@ -134,5 +134,17 @@ def abstract_init(module: nn.Module, *args, **kwargs):
     """
     import jax
 
-    boxed = jax.eval_shape(lambda: module.init(jax.random.key(0), *args, **kwargs))["params"]
+    # ShapeDtypeStructs must enter eval_shape as arguments (closed over, they would reach the module as is);
+    # everything else (flags, concrete arrays) stays closed over, so static Python values stay static.
+    leaves, treedef = jax.tree.flatten((args, kwargs))
+    dynamic = [i for i, leaf in enumerate(leaves) if isinstance(leaf, jax.ShapeDtypeStruct)]
+
+    def init(*dynamic_leaves):
+        filled = list(leaves)
+        for i, leaf in zip(dynamic, dynamic_leaves):
+            filled[i] = leaf
+        a, kw = jax.tree.unflatten(treedef, filled)
+        return module.init(jax.random.key(0), *a, **kw)
+
+    boxed = jax.eval_shape(init, *[leaves[i] for i in dynamic])["params"]
     return nn.meta.unbox(boxed), nn.get_partition_spec(boxed)

@@ -113,7 +113,7 @@ def state_dict_to_params(state_dict: Mapping[str, np.ndarray], abstract_params, 
         t = _torch_to_leaf_transform(a.ndim, str(path[-1]))
         a = t(a) if t else a
         target_dtype = dtype or flat_abs[path].dtype
-        a = np.ascontiguousarray(a.astype(target_dtype, copy=False))
+        a = np.asarray(a.astype(target_dtype, copy=False), order="C")  # keeps 0-d arrays 0-d
         out[path] = place(path, a) if place else jax.numpy.asarray(a)
     return flax.traverse_util.unflatten_dict(out)
 
@@ -136,7 +136,7 @@ def params_to_state_dict(params, *, dtype=None) -> StateDict:
         a = t(a) if t else a
         if dtype is not None:
             a = a.astype(dtype)
-        out[key] = np.ascontiguousarray(a)
+        out[key] = np.asarray(a, order="C")
     return out
 
 
