@@ -1,0 +1,284 @@
+"""Grain input pipelines over the ArrayRecord datasets of `t2ijax.data.tfds_builders`.
+
+    loader = make_loader(default_data_config(), split="train", batch_size=32, seed=0,
+                         shard_index=jax.process_index(), shard_count=jax.process_count())
+    batch = next(loader)          # dict of numpy arrays, no strings
+    state = loader.get_state()    # small, JSON-able; save it with the model checkpoint
+    loader.set_state(state)       # resume exactly where it was
+    loader.caption(batch["record"][0])
+
+Batches: "image" (B, H, W, 3) float32 in [-1, 1], "input_ids" / "attention_mask"
+(B, L) int32 for the caption kind `data_config.caption`, "record" (B,) int32 (the
+row in the split, for `caption(record)` / `example(record)`) and "index" (B,)
+int32 (the scene / line index in the source). Shapes adds, with
+`data_config.with_regions`: "boxes" (B, 4, 4) normalised x0, y0, x1, y1; "masks"
+(B, 4, H, W) float32; "object_valid" (B, 4); "key_token_mask" (B, L) marking the
+tokens of key words (colour, shape, size, relation, count) and
+"object_token_mask" (B, 4, L) marking each object's phrase in the caption.
+
+Random flips (`data_config.random_flip`, off by default) mirror the image and, on
+Shapes, its masks and boxes, and swap the "left" / "right" token ids of the caption
+so that spatial relations stay true. Image-folder captions are left as they are:
+a flip there can contradict a caption that says "left" or "right".
+
+Determinism: shuffling and random flips are seeded and reshuffled every epoch;
+the batch sequence is a function of (data, seed, shard, batch size,
+worker_count): Grain worker processes (`worker_count` > 0) each batch their own
+interleaved share of the rows, so changing `worker_count` changes the batch
+composition (not the rows of an epoch), and iterator states only restore into a
+loader with the same `worker_count`. Per-process sharding keeps an equal number
+of rows per shard (the remainder of the split is dropped).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import grain
+import ml_collections
+import numpy as np
+
+from t2ijax.data import preprocess, shapes
+from t2ijax.data.tfds_builders import prepare
+from t2ijax.data.tokenizer import TextEncoder, load_tokenizer, spans_to_token_mask
+
+logger = logging.getLogger(__name__)
+
+CAPTION_KINDS = ("dense", "short", "narrative")
+# Longest Shapes captions in shapes_word tokens, [BOS] and [EOS] included (measured over 1,000 scenes:
+# dense 76, short 17, narrative 96), rounded up. Shorter max_length truncates some captions.
+SHAPES_WORD_LENGTH = {"dense": 80, "short": 20, "narrative": 100}
+# For image folders: the metadata fields tried, in order, for each caption kind.
+# SURD layout: "text" is the simple (BLIP) caption, "prompt" the complex user prompt.
+FOLDER_CAPTION_FIELDS = {"dense": ("dense", "prompt", "text"), "short": ("short", "text"),
+                         "narrative": ("narrative", "text")}
+
+
+def default_data_config(**overrides) -> ml_collections.ConfigDict:
+    """The data section of an experiment config; keyword overrides must name existing fields."""
+    cfg = ml_collections.ConfigDict({
+        "name": "shapes",             # "shapes" | "image_text_folder"
+        "data_dir": "~/t2ijax_datasets",  # where the TFDS ArrayRecord files are written
+        "folder": "",                 # image_text_folder: folder of images + captions.jsonl / metadata.jsonl
+        "resolution": 32,
+        "caption": "dense",           # "dense" | "short" | "narrative"
+        "max_length": 128,
+        "tokenizer": "shapes_word",   # or a local tokenizer folder
+        "num_train": 10000,           # Shapes split sizes
+        "num_val": 500,
+        "num_test": 500,
+        "seed": 0,                    # Shapes scene seed
+        "random_flip": False,         # Shapes: also swaps "left"/"right" tokens so captions stay true
+        "with_regions": True,         # Shapes: boxes, masks, key-token and object-token masks
+        "worker_count": 0,            # Grain worker processes (0 = in the calling process)
+        "read_threads": 16,           # Grain threads reading + transforming rows (0 = synchronous)
+        "prefetch_buffer_size": 500,  # rows read ahead by those threads
+    })
+    for key, value in overrides.items():
+        if key not in cfg:
+            raise KeyError(f"unknown data config field {key!r}; fields: {sorted(cfg.keys())}")
+        cfg[key] = value
+    return cfg
+
+
+def _validate(cfg, split, batch_size, shard_index, shard_count):
+    if cfg.name not in ("shapes", "image_text_folder"):
+        raise ValueError(f"unknown dataset name {cfg.name!r}; expected 'shapes' or 'image_text_folder'")
+    if cfg.caption not in CAPTION_KINDS:
+        raise ValueError(f"data_config.caption must be one of {CAPTION_KINDS}, got {cfg.caption!r}")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
+    if cfg.max_length < 2:
+        raise ValueError(f"max_length must be >= 2, got {cfg.max_length}")
+    if split not in ("train", "validation", "test"):
+        raise ValueError(f"split must be 'train', 'validation' or 'test', got {split!r}")
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def folder_caption(fields: dict, kind: str) -> str:
+    for name in FOLDER_CAPTION_FIELDS[kind]:
+        if fields.get(name):
+            return fields[name]
+    return ""
+
+
+def left_right_token_ids(tokenizer) -> tuple[int, int]:
+    """Ids of "left" and "right" when each is a single token (needed to flip Shapes captions)."""
+    ids = tokenizer(["left", "right"], add_special_tokens=False)["input_ids"]
+    if any(len(x) != 1 for x in ids):
+        raise ValueError("random_flip on Shapes swaps the 'left'/'right' tokens of the caption, but this tokenizer "
+                         f"splits them into {ids}; turn random_flip off")
+    return ids[0][0], ids[1][0]
+
+
+class _ShapesTransform:
+    """Shapes row -> batch element. A flipped image gets "left" and "right" swapped in its token ids so that the
+    caption stays true (both are single tokens, so spans and token masks are unchanged)."""
+
+    def __init__(self, cfg, tokenizer):
+        self.cfg, self.encode = cfg, TextEncoder(tokenizer, cfg.max_length)
+        self.swap = left_right_token_ids(tokenizer) if cfg.random_flip else None
+
+    def __call__(self, record: dict, flip: bool) -> dict:
+        cfg = self.cfg
+        caption = _text(record[cfg.caption])
+        tok = self.encode(caption, return_offsets=cfg.with_regions)
+        image = record["image"][:, ::-1] if flip else record["image"]
+        input_ids = tok["input_ids"]
+        if flip:
+            left, right = self.swap
+            input_ids = np.where(input_ids == left, right, np.where(input_ids == right, left, input_ids))
+        out = {
+            "image": preprocess.to_unit_range(image),
+            "input_ids": input_ids.astype(np.int32),
+            "attention_mask": tok["attention_mask"],
+            "record": np.int32(record["_record"]),
+            "index": np.int32(record["index"]),
+        }
+        if cfg.with_regions:
+            spans = json.loads(_text(record["scene_graph"]))["spans"][cfg.caption]
+            offsets = tok["offsets"]
+            n = int(record["num_objects"])
+            object_tokens = np.zeros((shapes.MAX_OBJECTS, cfg.max_length), np.float32)
+            for i, span in enumerate(spans["objects"][:n]):
+                object_tokens[i] = spans_to_token_mask(offsets, [span])
+            masks, boxes = record["masks"], record["boxes"]
+            out.update({
+                "boxes": preprocess.flip_boxes(boxes) if flip else boxes.astype(np.float32),
+                "masks": (masks[:, :, ::-1] if flip else masks).astype(np.float32),
+                "object_valid": (np.arange(shapes.MAX_OBJECTS) < n).astype(np.float32),
+                "key_token_mask": spans_to_token_mask(offsets, spans["key"]),
+                "object_token_mask": object_tokens,
+            })
+        return out
+
+
+class _FolderTransform:
+    def __init__(self, cfg, tokenizer):
+        self.cfg, self.encode = cfg, TextEncoder(tokenizer, cfg.max_length)
+
+    def __call__(self, record: dict, flip: bool) -> dict:
+        cfg = self.cfg
+        caption = folder_caption(json.loads(_text(record["fields"])), cfg.caption)
+        tok = self.encode(caption)
+        image = preprocess.decode_image(record["image_bytes"])
+        return {
+            "image": preprocess.preprocess_image(image, int(cfg.resolution), flip=flip),
+            "input_ids": tok["input_ids"],
+            "attention_mask": tok["attention_mask"],
+            "record": np.int32(record["_record"]),
+            "index": np.int32(record["index"]),
+        }
+
+
+class _Source:
+    """Random-access view over a TFDS data source that tags each row with its position."""
+
+    def __init__(self, source):
+        self._source = source
+
+    def __len__(self):
+        return len(self._source)
+
+    def __getitem__(self, i):
+        row = dict(self._source[int(i)])
+        row["_record"] = int(i)
+        return row
+
+
+class Loader:
+    """Iterator of numpy batches with checkpointable state (wraps a Grain DatasetIterator)."""
+
+    def __init__(self, cfg, dataset: grain.IterDataset, source: _Source, num_rows: int):
+        self.config = cfg
+        self.source = source
+        self.num_rows = num_rows  # rows in this shard per epoch
+        self.iterator = iter(dataset)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        return next(self.iterator)
+
+    def get_state(self) -> dict:
+        return self.iterator.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self.iterator.set_state(state)
+
+    def example(self, record: int) -> dict:
+        """The stored row (strings decoded) at position `record` of the split."""
+        row = self.source[int(record)]
+        return {k: _text(v) if isinstance(v, bytes) and k != "image_bytes" else v for k, v in row.items()}
+
+    def caption(self, record: int, kind: str | None = None) -> str:
+        """The caption (of `kind`, default the configured one) of row `record`."""
+        kind = kind or self.config.caption
+        row = self.example(record)
+        if self.config.name == "shapes":
+            return row[kind]
+        return folder_caption(json.loads(row["fields"]), kind)
+
+    def scene_graph(self, record: int) -> dict:
+        """Shapes only: the scene graph (objects, relations, counts, spans) of row `record`."""
+        if self.config.name != "shapes":
+            raise ValueError("scene graphs exist only for the shapes dataset")
+        return json.loads(self.example(record)["scene_graph"])
+
+
+def load_split(data_config, split: str):
+    """Prepare the dataset if needed and return the TFDS random-access source of `split`."""
+    builder = prepare(data_config)
+    if split not in builder.info.splits:
+        raise ValueError(f"split {split!r} not in dataset {builder.name}; available: {sorted(builder.info.splits)}")
+    return builder.as_data_source(split=split)
+
+
+def make_loader(data_config, *, split: str, batch_size: int, seed: int, shard_index: int = 0,
+                shard_count: int = 1, num_epochs: int | None = None, shuffle: bool = True,
+                drop_remainder: bool = True) -> Loader:
+    """A deterministic, checkpointable iterator of preprocessed, tokenized batches (see module doc).
+
+    The dataset is built on first use. With several processes sharing `data_dir`,
+    build it once first (`t2ijax.data.prepare(data_config)` on process 0, then a
+    barrier): TFDS builds are deterministic but not safe to run concurrently.
+    """
+    cfg = data_config
+    _validate(cfg, split, batch_size, shard_index, shard_count)
+    source = _Source(load_split(cfg, split))
+    per_shard = len(source) // shard_count
+    if per_shard == 0:
+        raise ValueError(f"split {split!r} has {len(source)} rows, fewer than shard_count={shard_count}")
+    if drop_remainder and per_shard < batch_size:
+        raise ValueError(f"shard has {per_shard} rows, fewer than batch_size={batch_size}")
+    tokenizer = load_tokenizer(cfg.tokenizer, int(cfg.max_length))
+    if cfg.name == "shapes" and cfg.tokenizer == "shapes_word" and cfg.max_length < SHAPES_WORD_LENGTH[cfg.caption]:
+        logger.warning("max_length=%d truncates the longest Shapes %s captions (up to %d tokens)",
+                       cfg.max_length, cfg.caption, SHAPES_WORD_LENGTH[cfg.caption])
+    transform = (_ShapesTransform if cfg.name == "shapes" else _FolderTransform)(cfg, tokenizer)
+
+    ds = grain.MapDataset.source(source)[: per_shard * shard_count][shard_index::shard_count]
+    if shuffle:
+        ds = ds.shuffle(seed=seed)
+    ds = ds.repeat(num_epochs)
+    if cfg.random_flip:
+        ds = ds.random_map(lambda r, rng: transform(r, bool(rng.integers(2))), seed=seed + 1)
+    else:
+        ds = ds.map(lambda r: transform(r, False))
+    read_options = grain.ReadOptions(num_threads=int(cfg.read_threads),
+                                     prefetch_buffer_size=int(cfg.prefetch_buffer_size))
+    ds = ds.to_iter_dataset(read_options).batch(batch_size, drop_remainder=drop_remainder)
+    if cfg.worker_count > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # Grain workers read absl flags; outside absl.app.run none are parsed
+            flags.FLAGS.mark_as_parsed()
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(cfg.worker_count)))
+    return Loader(cfg, ds, source, per_shard)
