@@ -1,0 +1,374 @@
+"""Flax UNet2DConditionModel with diffusers' semantics (SD 1.x / 2.x, Kandinsky 2.2 image conditioning). NHWC.
+
+    unet = UNet2DConditionModel.from_config(json.load(open("unet/config.json")))
+    eps = unet.apply({"params": params}, latents_nhwc, t, text_states,
+                     added_cond_kwargs=None, attention_bias_fn=None)
+
+Parameter names mirror the diffusers state dict (`down_blocks.0.attentions.1.transformer_blocks.0.attn2.to_q`),
+so `t2ijax.weights.load_unet` converts checkpoints mechanically.
+
+diffusers' naming quirk: in SD configs `attention_head_dim` is really the NUMBER of heads per block
+(`num_attention_heads` must stay unset and defaults to it). Here the resolved per-block head counts
+are the field `attention_heads`. As in diffusers, `resnet_skip_time_act`, `resnet_out_scale_factor`,
+`addition_embed_type_num_heads` and `mid_block_only_cross_attention` have no effect on these block types.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from t2ijax.models import unet_blocks
+from t2ijax.models.diffusers_config import (FrozenConfig, check_supported, freeze_config, merge_with_defaults,
+                                            per_block, thaw_config)
+from t2ijax.models.layers import Dense, GroupNorm, LayerNorm, activation
+from t2ijax.models.resnet import conv2d
+
+Dtype = Any
+
+# diffusers' UNet2DConditionModel.__init__ defaults (v0.42), used for keys a config omits.
+UNET_DEFAULTS: dict[str, Any] = {
+    "sample_size": None, "in_channels": 4, "out_channels": 4, "center_input_sample": False,
+    "flip_sin_to_cos": True, "freq_shift": 0,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "only_cross_attention": False, "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2,
+    "downsample_padding": 1, "mid_block_scale_factor": 1, "dropout": 0.0, "act_fn": "silu",
+    "norm_num_groups": 32, "norm_eps": 1e-5, "cross_attention_dim": 1280, "transformer_layers_per_block": 1,
+    "reverse_transformer_layers_per_block": None, "encoder_hid_dim": None, "encoder_hid_dim_type": None,
+    "attention_head_dim": 8, "num_attention_heads": None, "dual_cross_attention": False,
+    "use_linear_projection": False, "class_embed_type": None, "addition_embed_type": None,
+    "addition_time_embed_dim": None, "num_class_embeds": None, "upcast_attention": False,
+    "resnet_time_scale_shift": "default", "resnet_skip_time_act": False, "resnet_out_scale_factor": 1.0,
+    "time_embedding_type": "positional", "time_embedding_dim": None, "time_embedding_act_fn": None,
+    "timestep_post_act": None, "time_cond_proj_dim": None, "conv_in_kernel": 3, "conv_out_kernel": 3,
+    "projection_class_embeddings_input_dim": None, "attention_type": "default", "class_embeddings_concat": False,
+    "mid_block_only_cross_attention": None, "cross_attention_norm": None, "addition_embed_type_num_heads": 64,
+}
+
+_DOWN = {"CrossAttnDownBlock2D": unet_blocks.CrossAttnDownBlock2D, "DownBlock2D": unet_blocks.DownBlock2D}
+_UP = {"CrossAttnUpBlock2D": unet_blocks.CrossAttnUpBlock2D, "UpBlock2D": unet_blocks.UpBlock2D}
+
+
+def _is_activation(name) -> bool:
+    try:
+        activation(name)
+        return True
+    except ValueError:
+        return False
+
+
+def _optional_activation(name) -> bool:
+    return name is None or _is_activation(name)
+
+
+_SUPPORTED = {
+    "down_block_types": lambda v: all(t in _DOWN for t in v),
+    "up_block_types": lambda v: all(t in _UP for t in v),
+    "mid_block_type": ("UNetMidBlock2DCrossAttn", None),
+    "num_attention_heads": (None,),
+    "dropout": (0, 0.0),
+    "norm_num_groups": lambda v: isinstance(v, int),
+    "transformer_layers_per_block": lambda v: isinstance(v, int) or all(isinstance(x, int) for x in v),
+    "reverse_transformer_layers_per_block": (None,),
+    "cross_attention_dim": lambda v: isinstance(v, int) or len(set(v)) == 1,
+    "encoder_hid_dim_type": (None, "text_proj", "image_proj"),
+    "dual_cross_attention": (False,),
+    "class_embed_type": (None,),
+    "num_class_embeds": (None,),
+    "addition_embed_type": (None, "image"),
+    "resnet_time_scale_shift": ("default", "scale_shift"),
+    "time_embedding_type": ("positional",),
+    "time_cond_proj_dim": (None,),
+    "attention_type": ("default",),
+    "class_embeddings_concat": (False,),
+    "cross_attention_norm": (None,),
+    "act_fn": _is_activation,
+    "time_embedding_act_fn": _optional_activation,
+    "timestep_post_act": _optional_activation,
+    "conv_in_kernel": lambda v: v % 2 == 1,
+    "conv_out_kernel": lambda v: v % 2 == 1,
+}
+
+
+def timestep_embedding(timesteps, dim: int, flip_sin_to_cos: bool, freq_shift: float, max_period: int = 10000):
+    """diffusers' sinusoidal `get_timestep_embedding` for (B,) timesteps, float32 (B, dim)."""
+    half = dim // 2
+    exponent = -math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - freq_shift)
+    args = timesteps.astype(jnp.float32)[:, None] * jnp.exp(exponent)[None, :]
+    sin, cos = jnp.sin(args), jnp.cos(args)
+    emb = jnp.concatenate([cos, sin] if flip_sin_to_cos else [sin, cos], axis=-1)
+    return jnp.pad(emb, ((0, 0), (0, dim % 2)))
+
+
+class TimestepEmbedding(nn.Module):
+    """linear_1 -> act -> linear_2 (-> post_act)."""
+    features: int
+    act_fn: str = "silu"
+    post_act_fn: str | None = None
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        x = activation(self.act_fn)(Dense(self.features, ("embed", "mlp"), dtype=self.dtype, name="linear_1")(x))
+        x = Dense(self.features, ("mlp", "embed"), dtype=self.dtype, name="linear_2")(x)
+        return activation(self.post_act_fn)(x) if self.post_act_fn else x
+
+
+class ImageProjection(nn.Module):
+    """Kandinsky 2.2's `encoder_hid_proj`: an image embedding -> `num_tokens` context tokens, LayerNorm."""
+    cross_attention_dim: int
+    num_tokens: int = 32
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, image_embeds):
+        b = image_embeds.shape[0]
+        x = Dense(self.num_tokens * self.cross_attention_dim, (None, "embed"), dtype=self.dtype,
+                  name="image_embeds")(image_embeds)
+        return LayerNorm(dtype=self.dtype, name="norm")(x.reshape(b, self.num_tokens, self.cross_attention_dim))
+
+
+class ImageTimeEmbedding(nn.Module):
+    """Kandinsky 2.2's `add_embedding`: image_proj then image_norm, added to the time embedding."""
+    features: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, image_embeds):
+        x = Dense(self.features, (None, "embed"), dtype=self.dtype, name="image_proj")(image_embeds)
+        return LayerNorm(dtype=self.dtype, name="image_norm")(x)
+
+
+class UNet2DConditionModel(nn.Module):
+    """diffusers' UNet2DConditionModel for CrossAttnDown/Down/CrossAttnUp/Up blocks, NHWC.
+
+    Build from a diffusers config with `from_config`; fields hold the resolved per-block values.
+    `dtype` is the compute dtype (params stay float32; norms and softmax statistics are float32).
+    `remat` rematerialises every resnet and transformer in the backward pass.
+    `config` keeps the original config.json (frozen) so `t2ijax.weights.save_unet` writes it back.
+    """
+    in_channels: int = 4
+    out_channels: int = 4
+    center_input_sample: bool = False
+    flip_sin_to_cos: bool = True
+    freq_shift: float = 0
+    down_block_types: tuple[str, ...] = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                                         "DownBlock2D")
+    mid_block_type: str | None = "UNetMidBlock2DCrossAttn"
+    up_block_types: tuple[str, ...] = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
+    block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
+    layers_per_block: tuple[int, ...] = (2, 2, 2, 2)
+    attention_heads: tuple[int, ...] = (8, 8, 8, 8)
+    transformer_layers_per_block: tuple[int, ...] = (1, 1, 1, 1)
+    only_cross_attention: tuple[bool, ...] = (False, False, False, False)
+    cross_attention_dim: int = 768
+    downsample_padding: int = 1
+    mid_block_scale_factor: float = 1.0
+    act_fn: str = "silu"
+    norm_num_groups: int = 32
+    norm_eps: float = 1e-5
+    use_linear_projection: bool = False
+    upcast_attention: bool = False
+    resnet_time_scale_shift: str = "default"
+    time_embedding_dim: int | None = None
+    time_embedding_act_fn: str | None = None
+    timestep_post_act: str | None = None
+    conv_in_kernel: int = 3
+    conv_out_kernel: int = 3
+    encoder_hid_dim_type: str | None = None
+    encoder_hid_dim: int | None = None
+    addition_embed_type: str | None = None
+    dtype: Dtype = jnp.float32
+    remat: bool = False
+    config: FrozenConfig = ()
+
+    # ---------------------------------------------------------------- config
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], *, dtype: Dtype = jnp.float32,
+                    remat: bool = False) -> "UNet2DConditionModel":
+        """Build from a diffusers UNet2DConditionModel config dict (keys starting with '_' are ignored).
+
+        Raises ValueError naming every config value this port does not support.
+        """
+        c = merge_with_defaults(cfg, UNET_DEFAULTS, "UNet2DConditionModel")
+        check_supported(c, _SUPPORTED, "UNet2DConditionModel")
+        n = len(c["down_block_types"])
+        if len(c["up_block_types"]) != n or len(c["block_out_channels"]) != n:
+            raise ValueError(f"config needs as many up_block_types ({len(c['up_block_types'])}) and "
+                             f"block_out_channels ({len(c['block_out_channels'])}) as down_block_types ({n})")
+        if c["encoder_hid_dim"] is not None and c["encoder_hid_dim_type"] is None:
+            c["encoder_hid_dim_type"] = "text_proj"  # diffusers' default when only encoder_hid_dim is set
+        if c["encoder_hid_dim_type"] is not None and c["encoder_hid_dim"] is None:
+            raise ValueError(f"encoder_hid_dim_type={c['encoder_hid_dim_type']!r} needs encoder_hid_dim")
+        if c["addition_embed_type"] == "image" and c["encoder_hid_dim"] is None:
+            raise ValueError("addition_embed_type='image' needs encoder_hid_dim (the image embedding width)")
+        cross = c["cross_attention_dim"]
+        return cls(
+            in_channels=c["in_channels"], out_channels=c["out_channels"],
+            center_input_sample=c["center_input_sample"], flip_sin_to_cos=c["flip_sin_to_cos"],
+            freq_shift=c["freq_shift"], down_block_types=tuple(c["down_block_types"]),
+            mid_block_type=c["mid_block_type"], up_block_types=tuple(c["up_block_types"]),
+            block_out_channels=tuple(c["block_out_channels"]),
+            layers_per_block=per_block(c["layers_per_block"], n, "layers_per_block"),
+            attention_heads=per_block(c["attention_head_dim"], n, "attention_head_dim"),
+            transformer_layers_per_block=per_block(c["transformer_layers_per_block"], n,
+                                                   "transformer_layers_per_block"),
+            only_cross_attention=per_block(c["only_cross_attention"], n, "only_cross_attention"),
+            cross_attention_dim=cross if isinstance(cross, int) else cross[0],
+            downsample_padding=c["downsample_padding"], mid_block_scale_factor=c["mid_block_scale_factor"],
+            act_fn=c["act_fn"], norm_num_groups=c["norm_num_groups"], norm_eps=c["norm_eps"],
+            use_linear_projection=c["use_linear_projection"], upcast_attention=c["upcast_attention"],
+            resnet_time_scale_shift=c["resnet_time_scale_shift"], time_embedding_dim=c["time_embedding_dim"],
+            time_embedding_act_fn=c["time_embedding_act_fn"], timestep_post_act=c["timestep_post_act"],
+            conv_in_kernel=c["conv_in_kernel"], conv_out_kernel=c["conv_out_kernel"],
+            encoder_hid_dim_type=c["encoder_hid_dim_type"], encoder_hid_dim=c["encoder_hid_dim"],
+            addition_embed_type=c["addition_embed_type"], dtype=dtype, remat=remat,
+            config=freeze_config(cfg))
+
+    def to_config(self) -> dict[str, Any]:
+        """The diffusers config.json: the original one if built by `from_config`, else derived from the fields."""
+        if self.config:
+            return thaw_config(self.config)
+        return {
+            "_class_name": "UNet2DConditionModel", "in_channels": self.in_channels,
+            "out_channels": self.out_channels, "center_input_sample": self.center_input_sample,
+            "flip_sin_to_cos": self.flip_sin_to_cos, "freq_shift": self.freq_shift,
+            "down_block_types": list(self.down_block_types), "mid_block_type": self.mid_block_type,
+            "up_block_types": list(self.up_block_types), "block_out_channels": list(self.block_out_channels),
+            "layers_per_block": list(self.layers_per_block), "attention_head_dim": list(self.attention_heads),
+            "transformer_layers_per_block": list(self.transformer_layers_per_block),
+            "only_cross_attention": list(self.only_cross_attention),
+            "cross_attention_dim": self.cross_attention_dim, "downsample_padding": self.downsample_padding,
+            "mid_block_scale_factor": self.mid_block_scale_factor, "act_fn": self.act_fn,
+            "norm_num_groups": self.norm_num_groups, "norm_eps": self.norm_eps,
+            "use_linear_projection": self.use_linear_projection, "upcast_attention": self.upcast_attention,
+            "resnet_time_scale_shift": self.resnet_time_scale_shift,
+            "time_embedding_dim": self.time_embedding_dim, "time_embedding_act_fn": self.time_embedding_act_fn,
+            "timestep_post_act": self.timestep_post_act, "conv_in_kernel": self.conv_in_kernel,
+            "conv_out_kernel": self.conv_out_kernel, "encoder_hid_dim_type": self.encoder_hid_dim_type,
+            "encoder_hid_dim": self.encoder_hid_dim, "addition_embed_type": self.addition_embed_type,
+        }
+
+    def example_inputs(self, batch: int = 1, size: int | None = None, context_length: int = 77):
+        """(sample, timesteps, encoder_hidden_states, added_cond_kwargs) zeros of the right shapes."""
+        size = size or 2 ** (len(self.block_out_channels) - 1)
+        sample = jnp.zeros((batch, size, size, self.in_channels), jnp.float32)
+        width = self.encoder_hid_dim if self.encoder_hid_dim_type == "text_proj" else self.cross_attention_dim
+        context = jnp.zeros((batch, context_length, width), jnp.float32)
+        added = None
+        if self._needs_image_embeds:
+            added = {"image_embeds": jnp.zeros((batch, self.encoder_hid_dim), jnp.float32)}
+        return sample, jnp.zeros((batch,), jnp.int32), context, added
+
+    @property
+    def _needs_image_embeds(self) -> bool:
+        return self.addition_embed_type == "image" or self.encoder_hid_dim_type == "image_proj"
+
+    # --------------------------------------------------------------- forward
+
+    def _check_inputs(self, sample, timesteps, context, added_cond_kwargs):
+        if sample.ndim != 4 or sample.shape[-1] != self.in_channels:
+            raise ValueError(f"sample must be NHWC with {self.in_channels} channels, got shape {sample.shape}")
+        b = sample.shape[0]
+        if timesteps.ndim > 1 or (timesteps.ndim == 1 and timesteps.shape[0] not in (1, b)):
+            raise ValueError(f"timesteps must be a scalar or shape ({b},), got shape {timesteps.shape}")
+        if self._needs_image_embeds:
+            if not added_cond_kwargs or "image_embeds" not in added_cond_kwargs:
+                raise ValueError(f"this U-Net (addition_embed_type={self.addition_embed_type!r}, encoder_hid_dim_type="
+                                 f"{self.encoder_hid_dim_type!r}) needs added_cond_kwargs={{'image_embeds': (B, "
+                                 f"{self.encoder_hid_dim})}}")
+            emb = added_cond_kwargs["image_embeds"]
+            if emb.shape != (b, self.encoder_hid_dim):
+                raise ValueError(f"image_embeds must have shape ({b}, {self.encoder_hid_dim}), got {emb.shape}")
+        if self.encoder_hid_dim_type == "image_proj":
+            return  # the context is built from image_embeds; encoder_hidden_states is ignored, as in diffusers
+        want = self.encoder_hid_dim if self.encoder_hid_dim_type == "text_proj" else self.cross_attention_dim
+        if context is None or context.ndim != 3 or context.shape[0] != b or context.shape[-1] != want:
+            got = None if context is None else context.shape
+            raise ValueError(f"encoder_hidden_states must have shape ({b}, L, {want}), got {got}")
+
+    @nn.compact
+    def __call__(self, sample, timesteps, encoder_hidden_states, added_cond_kwargs=None,
+                 attention_bias_fn: Callable[[int, int], Any] | None = None):
+        """Noise (or v) prediction, NHWC like `sample`.
+
+        sample: (B, H, W, in_channels); timesteps: scalar or (B,); encoder_hidden_states: (B, L, D).
+        added_cond_kwargs: {"image_embeds": (B, encoder_hid_dim)} for image-conditioned configs.
+        attention_bias_fn(query_length, key_length): additive logit bias for every cross-attention,
+        broadcastable to (B, heads, Lq, Lk), or None.
+        """
+        timesteps = jnp.asarray(timesteps)
+        self._check_inputs(sample, timesteps, encoder_hidden_states, added_cond_kwargs)
+        b = sample.shape[0]
+        dt = self.dtype
+        n = len(self.block_out_channels)
+        if self.center_input_sample:
+            sample = 2 * sample - 1.0
+
+        # time (and image) embedding
+        t_emb = timestep_embedding(jnp.broadcast_to(timesteps.reshape(-1), (b,)), self.block_out_channels[0],
+                                   self.flip_sin_to_cos, self.freq_shift).astype(dt)
+        time_dim = self.time_embedding_dim or 4 * self.block_out_channels[0]
+        emb = TimestepEmbedding(time_dim, self.act_fn, self.timestep_post_act, dtype=dt, name="time_embedding")(t_emb)
+        if self.addition_embed_type == "image":
+            emb = emb + ImageTimeEmbedding(time_dim, dtype=dt, name="add_embedding")(
+                added_cond_kwargs["image_embeds"].astype(dt))
+        if self.time_embedding_act_fn:
+            emb = activation(self.time_embedding_act_fn)(emb)
+
+        context = encoder_hidden_states
+        if self.encoder_hid_dim_type == "text_proj":
+            context = Dense(self.cross_attention_dim, (None, "embed"), dtype=dt,
+                            name="encoder_hid_proj")(context.astype(dt))
+        elif self.encoder_hid_dim_type == "image_proj":
+            context = ImageProjection(self.cross_attention_dim, dtype=dt, name="encoder_hid_proj")(
+                added_cond_kwargs["image_embeds"].astype(dt))
+        context = context.astype(dt)
+
+        common = dict(groups=self.norm_num_groups, eps=self.norm_eps, act_fn=self.act_fn,
+                      time_embedding_norm=self.resnet_time_scale_shift,
+                      use_linear_projection=self.use_linear_projection, upcast_attention=self.upcast_attention,
+                      dtype=dt, remat=self.remat)
+
+        x = conv2d(self.block_out_channels[0], self.conv_in_kernel, dtype=dt, name="conv_in")(sample.astype(dt))
+        skips = [x]
+        for i, kind in enumerate(self.down_block_types):
+            block = _DOWN[kind](out_channels=self.block_out_channels[i], num_layers=self.layers_per_block[i],
+                                heads=self.attention_heads[i],
+                                transformer_layers=self.transformer_layers_per_block[i],
+                                only_cross_attention=self.only_cross_attention[i],
+                                add_downsample=i < n - 1,
+                                downsample_padding=self.downsample_padding, name=f"down_blocks.{i}", **common)
+            x, res = block(x, emb, context, attention_bias_fn)
+            skips.extend(res)
+
+        if self.mid_block_type is not None:
+            x = unet_blocks.UNetMidBlock2DCrossAttn(
+                out_channels=self.block_out_channels[-1], num_layers=1, heads=self.attention_heads[-1],
+                transformer_layers=self.transformer_layers_per_block[-1],
+                output_scale_factor=self.mid_block_scale_factor, name="mid_block", **common,
+            )(x, emb, context, attention_bias_fn)
+
+        rev = lambda t: tuple(reversed(t))  # noqa: E731
+        channels, layers, heads = rev(self.block_out_channels), rev(self.layers_per_block), rev(self.attention_heads)
+        t_layers, only_cross = rev(self.transformer_layers_per_block), rev(self.only_cross_attention)
+        for i, kind in enumerate(self.up_block_types):
+            num = layers[i] + 1
+            res, skips = skips[-num:], skips[:-num]
+            last = i == n - 1
+            # the next skip's size: exact 2x normally; differs when H or W is not divisible by 2^(n-1)
+            size = None if last else skips[-1].shape[1:3]
+            block = _UP[kind](out_channels=channels[i], num_layers=num, heads=heads[i], transformer_layers=t_layers[i],
+                              only_cross_attention=only_cross[i], add_upsample=not last, name=f"up_blocks.{i}",
+                              **common)
+            x = block(x, res, emb, context, attention_bias_fn, size)
+
+        x = GroupNorm(self.norm_num_groups, epsilon=self.norm_eps, dtype=dt, name="conv_norm_out")(x)
+        x = activation(self.act_fn)(x)
+        return conv2d(self.out_channels, self.conv_out_kernel, dtype=dt, name="conv_out")(x)
