@@ -1,0 +1,231 @@
+"""Command line: ``t2ijax <command> --config=configs/x.py:variant --workdir=DIR [flags]`` (or ``python -m t2ijax``).
+
+  train     run the train loop (resumes from the workdir's latest checkpoint)
+  sample    write a PNG grid for --prompt (repeatable) / --prompts_file, from the workdir's latest
+            checkpoint (EMA params if present) or a random init (--random_init)
+  eval      run a benchmark (--benchmark=shapes|dpg) on the trained model, report + grid in --out
+  prepare   build the dataset of config.data (TFDS ArrayRecord) ahead of training
+  convert   export the trained model to upstream layouts (diffusers / Hugging Face folders) in --out
+  demo      end to end on one machine: prepare, train, sample a grid, evaluate on Shapes
+
+Config overrides use the config's own paths: ``--config.optim.lr=3e-4 --config.mesh.fsdp=4``.
+The config is locked: an unknown key is an error naming it. ``--config`` may be omitted for
+sample / eval / convert: the config saved in ``<workdir>/config.json`` is used.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+COMMANDS = ("train", "sample", "eval", "prepare", "convert", "demo")
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file, path.py[:arg]", lock_config=True)
+flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics, config.json)")
+flags.DEFINE_multi_string("prompt", [], "prompt for `sample` (repeat the flag for several)")
+flags.DEFINE_string("prompts_file", None, "text file with one prompt per line for `sample`")
+flags.DEFINE_string("out", None, "output: PNG path for `sample`, folder for `eval` / `convert`")
+flags.DEFINE_bool("random_init", False, "`sample`: use a randomly initialised model instead of a checkpoint")
+flags.DEFINE_bool("ema", True, "use the EMA params of the checkpoint when it has them")
+flags.DEFINE_integer("num_steps", 0, "sampler steps (0: config.sample.num_steps)")
+flags.DEFINE_float("guidance_scale", None, "classifier-free guidance scale (default: config.sample.guidance_scale)")
+flags.DEFINE_integer("seed", 0, "sampling seed")
+flags.DEFINE_integer("stop_after", 0, "`train`: stop (with a checkpoint) at this step, as a preemption would")
+flags.DEFINE_string("benchmark", "shapes", "`eval`: shapes | dpg")
+flags.DEFINE_integer("num_prompts", 0, "`eval`: number of prompts (0: all)")
+flags.DEFINE_integer("images_per_prompt", 4, "`eval`: images per prompt")
+flags.DEFINE_string("dpg_csv", None, "`eval --benchmark=dpg`: the official dpg_bench.csv (scored only with it)")
+FLAGS = flags.FLAGS
+
+
+def _usage_error(message: str) -> None:
+    print(f"t2ijax: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _parse(argv: list[str]) -> list[str]:
+    """absl flag parsing with clean errors for unknown commands, flags and config keys."""
+    try:
+        rest = FLAGS(argv)
+    except flags.Error as e:
+        _usage_error(str(e))
+    except (AttributeError, KeyError) as e:  # config_flags: an override names a key the config lacks
+        _usage_error(_explain_unknown_key(argv, e))
+    except (TypeError, ValueError) as e:
+        _usage_error(f"bad --config or override: {e}")
+    if len(rest) < 2 or rest[1] not in COMMANDS:
+        _usage_error(f"usage: t2ijax {{{'|'.join(COMMANDS)}}} --config=... --workdir=... "
+                     f"(got {rest[1:2] or 'no command'})")
+    if len(rest) > 2:
+        _usage_error(f"unexpected arguments {rest[2:]}")
+    return rest
+
+
+def _explain_unknown_key(argv: list[str], error: Exception) -> str:
+    """Name the offending override: re-walk each ``--config.a.b=v`` against the loaded config."""
+    from t2ijax.config_utils import load_config, set_by_path
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    overrides = [a[len("--config."):] for a in argv if a.startswith("--config.")]
+    if spec is not None:
+        config = load_config(spec)
+        for item in overrides:
+            key, _, value = item.partition("=")
+            try:
+                set_by_path(config, key, value or "0")
+            except KeyError as e:
+                return str(e.args[0])
+            except (TypeError, ValueError):
+                pass
+    return f"unknown config key in overrides {overrides}: {error}"
+
+
+def _config(required: bool = True):
+    if _CONFIG.value is not None:
+        return _CONFIG.value
+    if FLAGS.workdir and not required:
+        from t2ijax.train.sampling import config_from_workdir
+        return config_from_workdir(FLAGS.workdir)
+    _usage_error("--config is required" + ("" if required else " (or a --workdir holding config.json)"))
+
+
+def _workdir() -> str:
+    if not FLAGS.workdir:
+        _usage_error("--workdir is required")
+    return FLAGS.workdir
+
+
+def _import(module: str, what: str):
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        _usage_error(f"{what} needs {module}, which is not available ({e})")
+
+
+def _prompts() -> list[str]:
+    prompts = list(FLAGS.prompt)
+    if FLAGS.prompts_file:
+        import json
+        with open(FLAGS.prompts_file) as f:
+            lines = [line.strip() for line in f if line.strip()]
+        # .jsonl (e.g. t2ijax/data/assets/dpg_bench_prompts.jsonl): one {"prompt": ...} object a line
+        prompts += [json.loads(line)["prompt"] for line in lines] if FLAGS.prompts_file.endswith(".jsonl") else lines
+    if not prompts:
+        _usage_error("give --prompt (repeatable) or --prompts_file")
+    return prompts
+
+
+def _sampler(config, workdir, random_init: bool):
+    """(sampler(prompts, seeds) -> uint8 images, method) over the loaded model."""
+    import jax
+
+    from t2ijax.train.sampling import load_for_inference
+    method, params, frozen, _ = load_for_inference(config, workdir, random_init=random_init, ema=FLAGS.ema)
+    if not callable(getattr(method, "sample", None)):
+        _usage_error(f"method {config.method!r} has no sample()")
+    kwargs = {"num_steps": FLAGS.num_steps or None, "guidance_scale": FLAGS.guidance_scale}
+
+    def sampler(prompts, seeds):
+        # One key per batch, derived from its first seed (the report records the seeds).
+        return method.sample(params, frozen, list(prompts), jax.random.PRNGKey(int(seeds[0])), **kwargs)
+    return sampler, method, params
+
+
+def cmd_train() -> None:
+    from t2ijax.train.loop import train
+    train(_config(), _workdir(), stop_after=FLAGS.stop_after or None)
+
+
+def cmd_sample() -> str:
+    config = _config(required=False)
+    prompts = _prompts()
+    sampler, _, _ = _sampler(config, None if FLAGS.random_init else _workdir(), FLAGS.random_init)
+    images = sampler(prompts, [FLAGS.seed])
+    grid = _import("t2ijax.eval.grid", "sample")
+    out = FLAGS.out or os.path.join(FLAGS.workdir or ".", "samples.png")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    grid.save_grid(list(images), prompts, out, cols=min(4, len(prompts)))
+    print(f"[t2ijax] wrote {out} ({len(prompts)} images)")
+    return out
+
+
+def cmd_eval() -> dict:
+    config = _config(required=False)
+    workdir = _workdir()
+    evaluate = _import("t2ijax.eval.evaluate", "eval").evaluate
+    sampler, _, _ = _sampler(config, workdir, FLAGS.random_init)
+    out = FLAGS.out or os.path.join(workdir, "eval", FLAGS.benchmark)
+    results = evaluate(sampler, benchmark=FLAGS.benchmark, out_dir=out, data_config=config.data,
+                       num_prompts=FLAGS.num_prompts or None, images_per_prompt=FLAGS.images_per_prompt,
+                       seed=FLAGS.seed, dpg_csv=FLAGS.dpg_csv)
+    print(f"[t2ijax] eval report in {out}")
+    return results
+
+
+def cmd_prepare() -> None:
+    config = _config()
+    if config.data.name == "synthetic":
+        print("[t2ijax] data.name='synthetic' needs no preparation")
+        return
+    builder = _import("t2ijax.data.tfds_builders", "prepare").prepare(config.data)
+    print(f"[t2ijax] dataset ready: {getattr(builder, 'data_dir', builder)}")
+    from t2ijax.methods import get_method
+    method = get_method(config.method, config)
+    if callable(getattr(method, "prepare", None)):  # method-specific assets, e.g. ELLA's feature cache
+        print(f"[t2ijax] {config.method} prepared: {method.prepare(config)}")
+
+
+def cmd_convert() -> None:
+    config = _config(required=False)
+    workdir = _workdir()
+    if not FLAGS.out:
+        _usage_error("convert needs --out (a folder)")
+    from t2ijax.train.sampling import load_for_inference
+    method, params, _, _ = load_for_inference(config, workdir, ema=FLAGS.ema)
+    if not callable(getattr(method, "export", None)):
+        _usage_error(f"method {config.method!r} defines no export(params, out_dir)")
+    written = method.export(params, FLAGS.out)
+    print(f"[t2ijax] exported to {FLAGS.out}: {written}")
+
+
+def cmd_demo() -> None:
+    """prepare -> train -> eval (report + sample grid), all in the workdir; `t2ijax.demo.run_demo` if it exists."""
+    try:
+        demo = __import__("t2ijax.demo", fromlist=["run_demo"])
+    except ImportError:
+        demo = None
+    if demo is not None and hasattr(demo, "run_demo") and _CONFIG.value is None:
+        config = demo.default_config()  # `t2ijax demo` with no flags: configs/demo_shapes.py, runs/demo
+    else:
+        config = _config()
+    workdir = FLAGS.workdir or getattr(demo, "DEFAULT_WORKDIR", None) or _workdir()
+    if demo is not None and hasattr(demo, "run_demo"):
+        demo.run_demo(config, workdir)
+        return
+    cmd_prepare()
+    from t2ijax.train.loop import train
+    train(config, workdir)
+    if not FLAGS.out:
+        FLAGS.out = os.path.join(workdir, "eval", FLAGS.benchmark)
+    cmd_eval()
+
+
+def _main(argv: list[str]) -> None:
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    from t2ijax.sharding import maybe_initialize_distributed
+    maybe_initialize_distributed()
+    {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "prepare": cmd_prepare, "convert": cmd_convert,
+     "demo": cmd_demo}[argv[1]]()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    app.run(_main, argv=argv if argv is not None else sys.argv, flags_parser=_parse)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Orbax checkpoints: one async CheckpointManager holding a Composite of named items.
+
+Items of a step:
+  <trainable item>  trainable params (``method.trainable_item``, default "params")
+  opt_state         optimizer state
+  ema               EMA params (absent when EMA is off)
+  train_meta        {"step", "rng"}
+  config            the resolved config (JSON)
+  data_iter         the data iterator's state (JSON), so a resumed run sees exactly the data
+                    an uninterrupted run would
+
+Restores always build explicit ``ShapeDtypeStruct(..., sharding=...)`` targets from the
+CURRENT mesh, so a checkpoint written on one topology restores onto another. Restore
+failures raise; nothing is swallowed.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from typing import Any
+
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+from t2ijax.sharding import to_host
+from t2ijax.train.state import TrainState
+
+_BYTES_TAG = "__bytes_b64__"
+
+
+def encode_iterator_state(state: Any) -> dict:
+    """JSON-safe form of a data iterator state (grain DataLoader iterators return bytes)."""
+    if isinstance(state, (bytes, bytearray)):
+        return {_BYTES_TAG: base64.b64encode(bytes(state)).decode("ascii")}
+    return {"state": state}
+
+
+def decode_iterator_state(blob: dict) -> Any:
+    if _BYTES_TAG in blob:
+        return base64.b64decode(blob[_BYTES_TAG])
+    return blob["state"]
+
+
+class Checkpointer:
+    """Save / restore `TrainState` + config + data-iterator state under ``<workdir>/checkpoints``.
+
+    `keep_last` most recent steps are kept, plus every step divisible by `keep_period` (0: none).
+    """
+
+    def __init__(self, directory: str, *, trainable_item: str = "params", keep_last: int = 3,
+                 keep_period: int = 0, async_save: bool = True):
+        policies = [pp.LatestN(n=keep_last)]
+        if keep_period:
+            policies.append(pp.EveryNSteps(keep_period))
+        options = ocp.CheckpointManagerOptions(
+            create=True, enable_async_checkpointing=async_save,
+            preservation_policy=pp.AnyPreservationPolicy(policies))
+        self.directory = os.path.abspath(directory)
+        self.item = trainable_item
+        handlers = {name: ocp.StandardCheckpointHandler()
+                    for name in (trainable_item, "opt_state", "ema", "train_meta")}
+        handlers.update(config=ocp.JsonCheckpointHandler(), data_iter=ocp.JsonCheckpointHandler())
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def saved_items(self, step: int) -> set[str]:
+        step_dir = os.path.join(self.directory, str(step))
+        if not os.path.isdir(step_dir):
+            raise FileNotFoundError(f"checkpoint step {step} not found in {self.directory} "
+                                    f"(steps present: {self.all_steps()})")
+        return {name for name in os.listdir(step_dir) if os.path.isdir(os.path.join(step_dir, name))}
+
+    def save(self, state: TrainState, *, config_json: dict, iterator_state: Any = None) -> bool:
+        step = int(to_host(state.step))
+        items = {
+            self.item: ocp.args.StandardSave(state.params),
+            "opt_state": ocp.args.StandardSave(state.opt_state),
+            "train_meta": ocp.args.StandardSave({"step": state.step, "rng": state.rng}),
+            "config": ocp.args.JsonSave(config_json),
+        }
+        if state.ema is not None:
+            items["ema"] = ocp.args.StandardSave(state.ema)
+        if iterator_state is not None:
+            items["data_iter"] = ocp.args.JsonSave(encode_iterator_state(iterator_state))
+        return self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+    def restore(self, abstract: TrainState, step: int | None = None, *,
+                with_iterator: bool = True) -> tuple[TrainState, Any]:
+        """(state, data-iterator state or None). `abstract` carries the target shardings."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        saved = self.saved_items(step)
+        items = {
+            self.item: ocp.args.StandardRestore(abstract.params),
+            "opt_state": ocp.args.StandardRestore(abstract.opt_state),
+            "train_meta": ocp.args.StandardRestore({"step": abstract.step, "rng": abstract.rng}),
+        }
+        if abstract.ema is not None:
+            items["ema"] = ocp.args.StandardRestore(abstract.ema)
+        if with_iterator and "data_iter" in saved:
+            items["data_iter"] = ocp.args.JsonRestore()
+        missing = sorted(set(items) - saved)
+        if missing:
+            raise ValueError(f"checkpoint step {step} in {self.directory} lacks items {missing} "
+                             f"(it has {sorted(saved)}); was it written by a different method or EMA setting?")
+        out = self.manager.restore(step, args=ocp.args.Composite(**items))
+        state = TrainState(step=out["train_meta"]["step"], params=out[self.item], opt_state=out["opt_state"],
+                           ema=out["ema"] if abstract.ema is not None else None, rng=out["train_meta"]["rng"])
+        iterator_state = decode_iterator_state(out["data_iter"]) if "data_iter" in items else None
+        return state, iterator_state
+
+    def restore_params(self, abstract_params, step: int | None = None, *, ema: bool = False):
+        """Only the trainable (or EMA) params, e.g. for sampling."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        name = "ema" if ema else self.item
+        out = self.manager.restore(step, args=ocp.args.Composite(**{name: ocp.args.StandardRestore(abstract_params)}))
+        return out[name]
+
+    def restore_config(self, step: int | None = None) -> dict:
+        step = self.latest_step() if step is None else step
+        return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

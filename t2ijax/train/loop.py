@@ -1,0 +1,295 @@
+"""The one train loop. Every method plugs in through `t2ijax.train.method`.
+
+    state = train(config, workdir)
+
+builds the mesh from the config, creates the state born sharded (or resumes from the
+latest checkpoint in ``<workdir>/checkpoints``, restoring the data iterator too),
+AOT-compiles the step (compile time printed), then runs it with metrics to
+``<workdir>/metrics.jsonl`` + TensorBoard and async checkpoints every
+``config.checkpoint_every`` steps and at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from t2ijax import sharding as shd
+from t2ijax.config_utils import config_to_dict
+from t2ijax.methods import get_method
+from t2ijax.train import metrics as mt
+from t2ijax.train.checkpoint import Checkpointer
+from t2ijax.train.method import check_method, trainable_item
+from t2ijax.train.optim import make_optimizer
+from t2ijax.train.state import TrainState, create_state, param_count
+
+log = logging.getLogger(__name__)
+
+
+def make_loader(config, *, split: str, batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1):
+    """The data loader named by ``config.data.name`` ("synthetic" or a `t2ijax.data.pipeline` dataset)."""
+    if config.data.name == "synthetic":
+        from t2ijax.train.synthetic import make_loader as factory
+    else:
+        try:
+            from t2ijax.data.pipeline import make_loader as factory
+        except ImportError as e:
+            raise ImportError(f"config.data.name={config.data.name!r} needs t2ijax.data.pipeline, which failed "
+                              f"to import ({e}); use data.name='synthetic' for a dataset-free run") from e
+    return factory(config.data, split=split, batch_size=batch_size, seed=seed, shard_index=shard_index,
+                   shard_count=shard_count)
+
+
+class Prefetcher:
+    """Reads batches and puts them on the mesh in a background thread, `depth` batches ahead.
+
+    Yields (local numpy batch, global batch, loader state after this batch): the state travels
+    with its batch, so a checkpoint records exactly the data consumed by the steps it covers,
+    however far the thread has read ahead. depth=0 reads synchronously.
+    """
+
+    def __init__(self, loader, shard_config: shd.ShardConfig, depth: int = 2):
+        self.loader, self.shard_config, self.depth = loader, shard_config, depth
+        self._queue: queue.Queue | None = None
+        self._stop = threading.Event()
+        if depth > 0:
+            self._queue = queue.Queue(maxsize=depth)
+            self._thread = threading.Thread(target=self._fill, name="t2ijax-prefetch", daemon=True)
+            self._thread.start()
+
+    def _read(self):
+        local = next(self.loader)
+        return local, shd.global_batch(local, self.shard_config), self.loader.get_state()
+
+    def _put(self, item) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _fill(self):
+        try:
+            while not self._stop.is_set():
+                self._put(self._read())
+        except BaseException as e:  # handed to the consumer, re-raised there
+            self._put(e)
+
+    def __next__(self):
+        if self._queue is None:
+            return self._read()
+        item = self._queue.get()
+        if isinstance(item, StopIteration):
+            raise RuntimeError("the data loader ran out of batches before config.total_steps") from item
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self):
+        self._stop.set()
+
+
+def make_train_step(method, tx: optax.GradientTransformation, schedule: optax.Schedule, config) -> Callable:
+    """step(state, frozen, batch) -> (state, metrics): one micro-batch; with accumulation the
+    optimizer (and EMA) update every ``grad_accum_steps`` calls."""
+    accum = int(config.optim.get("grad_accum_steps", 1))
+    decay = float(config.get("ema_decay", 0.0))
+
+    def step(state: TrainState, frozen, batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+        frozen = jax.lax.stop_gradient(frozen)
+
+        def loss_fn(params):
+            return method.loss(params, frozen, batch, rng)
+
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = state.ema
+        if ema is not None:
+            new_ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+            if accum > 1:
+                updated = optax.MultiSteps(optax.identity(), accum).has_updated(opt_state)
+                new_ema = jax.tree.map(lambda n, e: jnp.where(updated, n, e), new_ema, ema)
+            ema = new_ema
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step // accum),
+                   **aux}
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema), metrics
+
+    return step
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything a run needs, built once (also used by `sample` and the benchmarks)."""
+    config: Any
+    shard_config: shd.ShardConfig
+    method: Any
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    state: TrainState
+    state_shardings: TrainState
+    abstract_state: TrainState
+    frozen: Any
+    frozen_shardings: Any
+
+
+def validate(config) -> None:
+    """Cheap checks that would otherwise fail deep inside compilation."""
+    if int(config.total_steps) <= 0:
+        raise ValueError(f"config.total_steps={config.total_steps} must be positive")
+    if int(config.batch_size) % jax.process_count():
+        raise ValueError(f"config.batch_size={config.batch_size} must divide evenly over {jax.process_count()} "
+                         "processes")
+    for key in ("log_every", "checkpoint_every"):
+        if int(config[key]) <= 0:
+            raise ValueError(f"config.{key}={config[key]} must be positive")
+
+
+def setup(config, *, devices=None) -> Setup:
+    """Mesh, method, optimizer, state (born sharded) and frozen sub-models."""
+    validate(config)
+    shard_config = shd.ShardConfig.from_config(config, devices=devices)
+    if int(config.batch_size) % shard_config.batch_size_divisor:
+        raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the batch mesh axes "
+                         f"{shard_config.batch_axes} of size {shard_config.batch_size_divisor} (mesh "
+                         f"{dict(shard_config.mesh.shape)})")
+    method = get_method(config.method, config)
+    check_method(method, config.method)
+    tx, schedule = make_optimizer(config.optim, int(config.total_steps))
+    with shard_config.active():
+        state, shardings, abstract = create_state(method, config, tx, shard_config)
+        frozen, frozen_shardings = shd.place(method.frozen(config), shard_config)
+    return Setup(config, shard_config, method, tx, schedule, state, shardings, abstract, frozen, frozen_shardings)
+
+
+def compile_step(s: Setup, example_batch: dict) -> tuple[Any, float]:
+    """AOT-compile the jitted step (donated state, explicit in/out shardings). Returns (compiled, seconds)."""
+    batch_shardings = {k: s.shard_config.batch_sharding() for k in example_batch}
+    jitted = jax.jit(make_train_step(s.method, s.tx, s.schedule, s.config),
+                     in_shardings=(s.state_shardings, s.frozen_shardings, batch_shardings),
+                     out_shardings=(s.state_shardings, s.shard_config.replicated()), donate_argnums=(0,))
+    t0 = time.perf_counter()
+    with s.shard_config.active():
+        compiled = jitted.lower(s.abstract_state, s.frozen, example_batch).compile()
+    return compiled, time.perf_counter() - t0
+
+
+def _memory_summary(compiled) -> str:
+    try:
+        mem = compiled.memory_analysis()
+        gib = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+               - mem.alias_size_in_bytes) / 2**30
+        return f" step memory/device={gib:.3g}GiB (temp {mem.temp_size_in_bytes / 2**30:.3g}GiB)"
+    except Exception:  # memory analysis is optional per backend
+        return ""
+
+
+def _mean_metrics(history: list[dict]) -> dict[str, float]:
+    host = shd.to_host(history)
+    return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
+
+
+def write_config_json(config, workdir: str) -> dict:
+    resolved = config_to_dict(config)
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump(resolved, f, indent=2, sort_keys=True)
+    return resolved
+
+
+def train(config, workdir: str, *, devices=None, stop_after: int | None = None,
+          batch_callback: Callable[[int, dict], None] | None = None) -> TrainState:
+    """Train ``config.method`` for ``config.total_steps`` steps in `workdir` (resuming if a checkpoint exists).
+
+    `stop_after` ends the run (with a checkpoint) once that step is reached, as a preemption
+    would; `batch_callback(step, local_numpy_batch)` sees every batch (tests use it to check
+    data order).
+    """
+    shd.maybe_initialize_distributed()
+    if config.get("compilation_cache_dir"):
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.compilation_cache_dir))
+    s = setup(config, devices=devices)
+    resolved = write_config_json(config, workdir)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), trainable_item=trainable_item(s.method),
+                        keep_last=int(config.keep_last), keep_period=int(config.get("keep_period", 0)),
+                        async_save=bool(config.get("async_checkpointing", True)))
+    state, iterator_state = s.state, None
+    if config.get("resume", True) and ckpt.latest_step() is not None:
+        state, iterator_state = ckpt.restore(s.abstract_state)
+        log.info("resumed from step %d of %s", int(state.step), ckpt.directory)
+    start = int(shd.to_host(state.step))
+
+    local_batch = int(config.batch_size) // jax.process_count()
+    loader = make_loader(config, split="train", batch_size=local_batch, seed=int(config.seed),
+                         shard_index=jax.process_index(), shard_count=jax.process_count())
+    if callable(getattr(s.method, "wrap_loader", None)):  # e.g. ELLA adds cached text features
+        loader = s.method.wrap_loader(loader, "train")
+    if iterator_state is not None:
+        loader.set_state(iterator_state)
+    batches = Prefetcher(loader, s.shard_config, int(config.get("prefetch", 2)))
+
+    total = int(config.total_steps)
+    end = min(total, stop_after) if stop_after is not None else total
+    if start >= end:
+        batches.close()
+        ckpt.close()
+        return state
+
+    local, batch, data_state = next(batches)
+    compiled, compile_s = compile_step(s, batch)
+    n_params = param_count(s.abstract_state.params)
+    n_dev = s.shard_config.mesh.size
+    flops = (s.method.flops_per_example * int(config.batch_size) / n_dev if s.method.flops_per_example
+             else mt.compiled_flops(compiled))
+    peak = mt.device_peak_flops(s.shard_config.mesh.devices.flat[0].device_kind,
+                                float(config.get("peak_tflops_per_device", 0.0)))
+    if jax.process_index() == 0:
+        print(f"[t2ijax] method={config.method} trainable params={n_params:,} mesh={dict(s.shard_config.mesh.shape)} "
+              f"global batch={config.batch_size} step compile time={compile_s:.2f}s "
+              f"flops/step/device={flops or 0:.3g}{_memory_summary(compiled)}", flush=True)
+
+    writer = mt.MetricsWriter(workdir, tensorboard=bool(config.get("tensorboard", True)))
+    progress = mt.Progress(start, total, enabled=bool(config.get("progress", True)))
+    throughput = mt.Throughput(global_batch=int(config.batch_size), flops_per_step_per_device=flops,
+                               peak_flops=peak)
+    writer.write(start, {"compile_seconds": compile_s, "trainable_params": n_params})
+    throughput.start(start)
+    history: list[dict] = []
+    step = start
+    try:
+        while True:
+            if batch_callback is not None:
+                batch_callback(step, local)
+            state, step_metrics = compiled(state, s.frozen, batch)
+            history.append(step_metrics)
+            step += 1
+            if step % int(config.log_every) == 0 or step == end:
+                scalars = {**_mean_metrics(history), **throughput.update(step)}
+                history = []
+                writer.write(step, scalars)
+                progress.update(step, scalars)
+            if step % int(config.checkpoint_every) == 0 or step == end:
+                ckpt.save(state, config_json=resolved, iterator_state=data_state)
+            if step >= end:
+                break
+            local, batch, data_state = next(batches)
+    finally:
+        batches.close()
+        ckpt.close()
+        writer.close()
+        progress.close()
+    return state

@@ -1,0 +1,74 @@
+"""The method interface: what a training method supplies to the one train loop.
+
+A method is a small object built from the config by a factory registered in
+`t2ijax.methods` (``config.method = "txt2img"``). The loop owns everything else
+(sharding, optimizer, EMA, checkpoints, metrics), so adding a method never
+copies the loop.
+
+Contract (all functions pure and jittable unless noted):
+
+  init(rng, config) -> params
+      Trainable parameters. Return the Linen ``variables["params"]`` tree as
+      produced by ``module.init`` (leaves boxed in ``nn.LogicallyPartitioned``
+      carry the logical axis names); the loop evaluates it abstractly with
+      ``jax.eval_shape`` to read the logical specs, then materialises it under
+      ``jax.jit(out_shardings=...)`` so parameters are born sharded.
+  frozen(config) -> pytree
+      Frozen sub-models (pretrained encoders, a frozen U-Net ...), called once
+      eagerly, may be ``{}``. Boxed leaves give their sharding; plain arrays are
+      replicated. Frozen values are passed to `loss` as a separate, non-donated
+      argument behind ``jax.lax.stop_gradient``; they are never differentiated,
+      never in the optimizer state and never checkpointed per step.
+  loss(params, frozen, batch, rng) -> (scalar loss, dict of scalar metrics)
+      One micro-batch; `batch` is the dict the data loader yields, as global
+      arrays sharded over the batch axes.
+  flops_per_example: float | None
+      Training FLOPs per example (forward + backward, ~3x forward). None makes
+      the loop use XLA's cost analysis of the compiled step.
+
+Optional:
+
+  sample(params, frozen, prompts, rng, **kwargs) -> uint8 images (N, H, W, 3)
+      Used by ``t2ijax sample``; not called by the loop.
+  wrap_loader(loader, split) -> loader
+      Called by the loop on its data loader (e.g. ELLA adds features read from a
+      feature cache); the result must keep ``get_state`` / ``set_state``.
+  prepare(config)
+      Called by ``t2ijax prepare`` after the dataset is built (e.g. ELLA's feature cache).
+  trainable_item: str
+      Name of the checkpoint item holding `params` (e.g. "connector" for ELLA,
+      "adapter" for SUR); defaults to "params".
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Protocol, runtime_checkable
+
+import jax
+
+PyTree = Any
+
+
+@runtime_checkable
+class Method(Protocol):
+    flops_per_example: float | None
+
+    def init(self, rng: jax.Array, config) -> PyTree: ...
+
+    def frozen(self, config) -> PyTree: ...
+
+    def loss(self, params: PyTree, frozen: PyTree, batch: Mapping[str, jax.Array],
+             rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]: ...
+
+
+def check_method(method: Any, name: str) -> None:
+    """Raise a TypeError naming what a method object lacks, before anything is compiled."""
+    missing = [attr for attr in ("init", "frozen", "loss") if not callable(getattr(method, attr, None))]
+    if not hasattr(method, "flops_per_example"):
+        missing.append("flops_per_example")
+    if missing:
+        raise TypeError(f"method {name!r} ({type(method).__name__}) lacks {missing}; see t2ijax.train.method")
+
+
+def trainable_item(method: Any) -> str:
+    return getattr(method, "trainable_item", "params")

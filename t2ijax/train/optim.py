@@ -1,0 +1,57 @@
+"""Optimizer from config: AdamW + learning-rate schedule + global-norm clipping + accumulation.
+
+  config.optim = {
+    name: "adamw", lr, b1, b2, eps, weight_decay,
+    schedule: "constant" | "warmup_cosine" | "linear", warmup_steps, decay_steps (0 = total_steps),
+    end_lr_factor,            # final lr / peak lr for cosine and linear
+    grad_clip_norm,           # 0 disables clipping
+    grad_accum_steps,         # > 1 wraps the optimizer in optax.MultiSteps
+  }
+
+Schedules count optimizer updates (not micro-batches).
+"""
+
+from __future__ import annotations
+
+import optax
+
+SCHEDULES = ("constant", "warmup_cosine", "linear")
+
+
+def make_schedule(optim, total_updates: int) -> optax.Schedule:
+    lr, warmup = float(optim.lr), int(optim.get("warmup_steps", 0))
+    decay = int(optim.get("decay_steps", 0)) or max(total_updates, 1)
+    end = lr * float(optim.get("end_lr_factor", 0.0))
+    name = optim.get("schedule", "constant")
+    if name == "constant":
+        if warmup:
+            return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)],
+                                        [warmup])
+        return optax.constant_schedule(lr)
+    if name == "warmup_cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(decay, warmup + 1), end)
+    if name == "linear":
+        decay_part = optax.linear_schedule(lr, end, max(decay - warmup, 1))
+        if warmup:
+            return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay_part], [warmup])
+        return decay_part
+    raise ValueError(f"config.optim.schedule={name!r}; choose one of {SCHEDULES}")
+
+
+def make_optimizer(optim, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """(optimizer, schedule). `total_steps` counts micro-batches (train steps)."""
+    accum = int(optim.get("grad_accum_steps", 1))
+    if accum < 1:
+        raise ValueError(f"config.optim.grad_accum_steps={accum} must be >= 1")
+    if optim.get("name", "adamw") != "adamw":
+        raise ValueError(f"config.optim.name={optim.name!r}; only 'adamw' is implemented")
+    schedule = make_schedule(optim, max(total_steps // accum, 1))
+    parts = []
+    if float(optim.get("grad_clip_norm", 0.0)) > 0:
+        parts.append(optax.clip_by_global_norm(float(optim.grad_clip_norm)))
+    parts.append(optax.adamw(schedule, b1=float(optim.get("b1", 0.9)), b2=float(optim.get("b2", 0.999)),
+                             eps=float(optim.get("eps", 1e-8)), weight_decay=float(optim.get("weight_decay", 0.0))))
+    tx = optax.chain(*parts)
+    if accum > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=accum).gradient_transformation()
+    return tx, schedule

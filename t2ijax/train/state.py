@@ -1,0 +1,57 @@
+"""The train state pytree and its sharded construction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from t2ijax import sharding as shd
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training. Frozen sub-models are held apart (see `method.py`).
+
+    `rng` is raw uint32 key data; the step's key is ``fold_in(rng, step)`` so a resumed run
+    draws exactly the randomness an uninterrupted one would. `ema` is None when disabled.
+    """
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    ema: Any
+    rng: jax.Array
+
+
+def create_state(method, config, tx: optax.GradientTransformation, shard_config: shd.ShardConfig):
+    """(state, state shardings, abstract state with shardings), every array born sharded."""
+    seed_key = jax.random.PRNGKey(int(config.seed))
+    init_key, loop_key = jax.random.split(seed_key)
+    use_ema = float(config.get("ema_decay", 0.0)) > 0
+
+    abstract_params, param_specs = shd.abstract_with_specs(lambda r: method.init(r, config), init_key)
+    param_shardings = shard_config.tree_shardings(param_specs, abstract_params)
+    repl = shard_config.replicated()
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    # Optimizer moments mirror their parameter's sharding; counters and other leaves are replicated.
+    opt_shardings = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_shardings,
+                                          transform_non_params=lambda _: repl)
+    shardings = TrainState(step=repl, params=param_shardings, opt_state=opt_shardings,
+                           ema=param_shardings if use_ema else None, rng=repl)
+
+    def init(key):
+        params = shd.strip_boxes(method.init(key, config))
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                          ema=jax.tree.map(jnp.copy, params) if use_ema else None, rng=loop_key)
+
+    state = jax.jit(init, out_shardings=shardings)(init_key)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            jax.eval_shape(init, init_key), shardings)
+    return state, shardings, abstract
+
+
+def param_count(tree) -> int:
+    return sum(int(x.size) for x in jax.tree.leaves(tree))
