@@ -147,4 +147,7 @@ def abstract_init(module: nn.Module, *args, **kwargs):
         return module.init(jax.random.key(0), *a, **kw)
 
     boxed = jax.eval_shape(init, *[leaves[i] for i in dynamic])["params"]
-    return nn.meta.unbox(boxed), nn.get_partition_spec(boxed)
+    # No sharding constraint on the unboxed ShapeDtypeStructs: under an active mesh `nn.meta.unbox` would apply one.
+    unboxed = nn.meta.map_axis_meta(
+        lambda b: b.unbox(apply_constraint=False) if isinstance(b, nn.Partitioned) else b.unbox(), boxed)
+    return unboxed, nn.get_partition_spec(boxed)
