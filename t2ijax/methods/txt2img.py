@@ -75,6 +75,9 @@ class Txt2ImgMethod:
         self.empty_ids, self.empty_mask = empty["input_ids"][0], empty["attention_mask"][0]
         self.sample_steps = int(config.sample.num_steps)
         self.guidance_scale = float(config.sample.guidance_scale)
+        # Pixel-space data lies in [-1, 1]: clipping DDIM's x0 estimate (diffusers' clip_sample, on by default
+        # there and in its DDPM pipelines) keeps an under-trained model's samples from blowing up.
+        self.clip_sample = bool(config.sample.get("clip_sample", True))
 
     # ---------------------------------------------------------------- training
 
@@ -127,7 +130,7 @@ class Txt2ImgMethod:
         uncond = self.encode_text(params["text_encoder"], jnp.asarray(np.repeat(self.empty_ids[None], n, 0)),
                                   jnp.asarray(np.repeat(self.empty_mask[None], n, 0)))
         sampler = diffusion.DDIM(schedule=self.schedule, prediction_type=self.prediction_type,
-                                 timestep_spacing="trailing")
+                                 timestep_spacing="trailing", clip_sample=self.clip_sample)
         x_T = jax.random.normal(rng, (n, self.resolution, self.resolution, 3))
         x0 = diffusion.sample(self._denoise, params["unet"], sampler, x_T, cond,
                               num_steps=int(num_steps or self.sample_steps), uncond=uncond,
