@@ -180,7 +180,7 @@ def test_timestep_embedding_matches_diffusers():
     t = np.array([0, 1, 17, 999], np.int64)
     for dim, flip, shift in ((32, True, 0), (33, False, 1)):
         ref = get_timestep_embedding(torch.from_numpy(t), dim, flip_sin_to_cos=flip, downscale_freq_shift=shift)
-        ours = timestep_embedding(jnp.asarray(t), dim, flip, shift)
+        ours = timestep_embedding(jnp.asarray(t), dim, flip_sin_to_cos=flip, downscale_freq_shift=shift)
         np.testing.assert_allclose(np.asarray(ours), ref.numpy(), atol=2e-4)
 
 

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from t2ijax.models import layers
+from t2ijax.models.layers import timestep_embedding
 from t2ijax.models.attention import attention
 
 Dtype = Any
@@ -75,25 +76,6 @@ def torch_dense(features: int, fan_in: int, axes, *, name: str, dtype: Dtype, ze
 
 
 # --------------------------------------------------------- timestep features
-
-def timestep_embedding(timesteps, dim: int, *, flip_sin_to_cos: bool = True, downscale_freq_shift: float = 0.0,
-                       max_period: float = 10000.0, scale: float = 1.0):
-    """Sinusoidal features of raw timesteps, as diffusers' `get_timestep_embedding`.
-
-    freq_i = exp(-ln(max_period) * i / (dim/2 - downscale_freq_shift)); output
-    [sin | cos] of t * freq, or [cos | sin] with `flip_sin_to_cos`; an odd `dim`
-    gets a trailing zero column. timesteps: any shape, flattened -> (T, dim) float32.
-    """
-    t = jnp.reshape(jnp.asarray(timesteps), (-1,)).astype(jnp.float32)
-    half = dim // 2
-    exponent = -math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - downscale_freq_shift)
-    args = scale * (t[:, None] * jnp.exp(exponent)[None, :])
-    sin, cos = jnp.sin(args), jnp.cos(args)
-    emb = jnp.concatenate([cos, sin] if flip_sin_to_cos else [sin, cos], axis=-1)
-    if dim % 2:
-        emb = jnp.pad(emb, ((0, 0), (0, 1)))
-    return emb
-
 
 # --------------------------------------------------------------- sub-modules
 

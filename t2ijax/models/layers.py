@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+import math
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -125,6 +127,25 @@ def activation(name: str) -> Callable:
         return ACTIVATIONS[name]
     except KeyError:
         raise ValueError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}") from None
+
+
+def timestep_embedding(timesteps, dim: int, *, flip_sin_to_cos: bool = True, downscale_freq_shift: float = 0.0,
+                       max_period: float = 10000.0, scale: float = 1.0):
+    """Sinusoidal features of raw timesteps, as diffusers' `get_timestep_embedding`.
+
+    freq_i = exp(-ln(max_period) * i / (dim/2 - downscale_freq_shift)); output
+    [sin | cos] of t * freq, or [cos | sin] with `flip_sin_to_cos`; an odd `dim`
+    gets a trailing zero column. timesteps: any shape, flattened -> (T, dim) float32.
+    """
+    t = jnp.reshape(jnp.asarray(timesteps), (-1,)).astype(jnp.float32)
+    half = dim // 2
+    exponent = -math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - downscale_freq_shift)
+    args = scale * (t[:, None] * jnp.exp(exponent)[None, :])
+    sin, cos = jnp.sin(args), jnp.cos(args)
+    emb = jnp.concatenate([cos, sin] if flip_sin_to_cos else [sin, cos], axis=-1)
+    if dim % 2:
+        emb = jnp.pad(emb, ((0, 0), (0, 1)))
+    return emb
 
 
 def abstract_init(module: nn.Module, *args, **kwargs):

@@ -15,7 +15,6 @@ are the field `attention_heads`. As in diffusers, `resnet_skip_time_act`, `resne
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
@@ -24,7 +23,7 @@ import jax.numpy as jnp
 from t2ijax.models import unet_blocks
 from t2ijax.models.diffusers_config import (FrozenConfig, check_supported, freeze_config, merge_with_defaults,
                                             per_block, thaw_config)
-from t2ijax.models.layers import Dense, GroupNorm, LayerNorm, activation
+from t2ijax.models.layers import Dense, GroupNorm, LayerNorm, activation, timestep_embedding
 from t2ijax.models.resnet import conv2d
 
 Dtype = Any
@@ -93,16 +92,6 @@ _SUPPORTED = {
     "conv_in_kernel": lambda v: v % 2 == 1,
     "conv_out_kernel": lambda v: v % 2 == 1,
 }
-
-
-def timestep_embedding(timesteps, dim: int, flip_sin_to_cos: bool, freq_shift: float, max_period: int = 10000):
-    """diffusers' sinusoidal `get_timestep_embedding` for (B,) timesteps, float32 (B, dim)."""
-    half = dim // 2
-    exponent = -math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - freq_shift)
-    args = timesteps.astype(jnp.float32)[:, None] * jnp.exp(exponent)[None, :]
-    sin, cos = jnp.sin(args), jnp.cos(args)
-    emb = jnp.concatenate([cos, sin] if flip_sin_to_cos else [sin, cos], axis=-1)
-    return jnp.pad(emb, ((0, 0), (0, dim % 2)))
 
 
 class TimestepEmbedding(nn.Module):
@@ -313,7 +302,8 @@ class UNet2DConditionModel(nn.Module):
 
         # time (and image) embedding
         t_emb = timestep_embedding(jnp.broadcast_to(timesteps.reshape(-1), (b,)), self.block_out_channels[0],
-                                   self.flip_sin_to_cos, self.freq_shift).astype(dt)
+                                   flip_sin_to_cos=self.flip_sin_to_cos,
+                                   downscale_freq_shift=self.freq_shift).astype(dt)
         time_dim = self.time_embedding_dim or 4 * self.block_out_channels[0]
         emb = TimestepEmbedding(time_dim, self.act_fn, self.timestep_post_act, dtype=dt, name="time_embedding")(t_emb)
         if self.addition_embed_type == "image":
