@@ -77,7 +77,8 @@ def get_config(arg=None):
     c.model.schedule = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02,
                             beta_schedule="squaredcos_cap_v2")
 
-    c.sample = ml_collections.ConfigDict(dict(num_steps=1 if tiny else 20, guidance_scale=3.0))
+    # Guidance 1.5: measured on the 1,000-step model, 3 and 6 lowered the score (16.97, 8.48 vs 25.40).
+    c.sample = ml_collections.ConfigDict(dict(num_steps=1 if tiny else 20, guidance_scale=1.5))
 
     # What the demo evaluates (t2ijax/demo.py).
     c.demo = ml_collections.ConfigDict(dict(
