@@ -9,7 +9,7 @@ Variants (the string after ``:``):
 
 Launch:
   t2ijax demo                                   # = --config=configs/demo_shapes.py --workdir=runs/demo
-  t2ijax demo --config=configs/demo_shapes.py:tiny --workdir=/tmp/demo_tiny
+  t2ijax demo --config=configs/demo_shapes.py:tiny --workdir=runs/demo_tiny
 Overrides: --config.total_steps=3000 --config.demo.num_prompts=16 --config.sample.guidance_scale=4
 
 The run writes, under the workdir: checkpoints/, metrics.jsonl, eval/conditional/ and

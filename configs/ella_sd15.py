@@ -31,8 +31,8 @@ Launch (see launch/README.md):
   t2ijax sample --workdir=/shared/runs/ella_sd15 --prompts_file=t2ijax/data/assets/dpg_bench_prompts.jsonl --out=dpg.png
   t2ijax eval --workdir=/shared/runs/ella_sd15 --benchmark=dpg --dpg_csv=dpg_bench.csv
 Tiny smoke run:
-  t2ijax train --config=configs/ella_sd15.py:tiny --workdir=/tmp/ella_tiny
-  t2ijax sample --workdir=/tmp/ella_tiny --prompt="a red circle"
+  t2ijax train --config=configs/ella_sd15.py:tiny --workdir=runs/ella_tiny
+  t2ijax sample --workdir=runs/ella_tiny --prompt="a red circle"
 Feature cache: set ``--config.model.feature_cache=PATH``; ``t2ijax prepare`` builds it (the LLM runs once over
 the train captions) and training then reads the features instead of running the LLM.
 """

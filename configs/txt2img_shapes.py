@@ -6,7 +6,7 @@ Variants (the string after ``:``):
   base   one accelerator: ~30M-param U-Net, 4-layer text encoder, batch 128, 100k steps.
 
 Launch:
-  t2ijax train --config=configs/txt2img_shapes.py:tiny --workdir=/tmp/txt2img_tiny
+  t2ijax train --config=configs/txt2img_shapes.py:tiny --workdir=runs/txt2img_tiny
   t2ijax train --config=configs/txt2img_shapes.py:base --workdir=$HOME/runs/txt2img_shapes
   t2ijax sample --config=configs/txt2img_shapes.py:base --workdir=$HOME/runs/txt2img_shapes \
       --prompt="a big red circle left of a small blue square" --out=grid.png
