@@ -1,20 +1,31 @@
-"""ELLA's setting on Shapes (16x16 pixels): a frozen U-Net trained with a CLIP-style encoder, then a TSC + frozen T5 in its place.
+"""ELLA's setting on Shapes 32x32: a frozen U-Net trained with a short-context CLIP-style encoder, then TSC + T5.
 
-Variants (the string after ``:``, or ``variant=...,workdir=...``):
-  unet   stage 1 (method txt2img): a small pixel-space U-Net and a CLIP-style text
-         encoder trained jointly on Shapes dense captions. Its U-Net becomes the frozen
-         U-Net of stage 2 (exported with ``t2ijax convert``).
+The paper's premise: SD's U-Net was trained with CLIP, whose 77-token context truncates dense
+prompts; ELLA keeps that U-Net frozen and feeds it an LLM's reading of the whole prompt through
+the TSC. Here the stage-1 text encoder reads the first `clip_tokens` (default 20) tokens of the
+dense caption (the object count and about two objects; relations and later objects are cut),
+and the stage-2 T5 reads all 80.
+
+Variants (the string after ``:``, or ``variant=...,unet_path=...,clip_tokens=...``):
+  unet   stage 1 (method txt2img): the CPU demo's U-Net recipe (configs/demo_shapes.py: 1M params,
+         x0 prediction, cosine schedule) and a CLIP-style text encoder trained jointly on dense
+         captions truncated to `clip_tokens`. Its U-Net becomes the frozen U-Net of stage 2
+         (exported with ``t2ijax convert``).
   tsc    stage 2 (method ella): the Timestep-Aware Semantic Connector (AdaLN, time-aware
-         queries) trained against the frozen stage-1 U-Net, fed by a frozen tiny T5
-         encoder. The T5 is RANDOMLY initialised and frozen (no pretrained T5 can be
-         made offline; its features still identify every token and its context, which
-         is all the TSC needs on the closed Shapes vocabulary).
-  ln     stage 2 ablation (paper Tab. 6): the plain-LayerNorm resampler, no timestep
-         path (norm_type="ln", time_aware_query=False), same budget as `tsc`.
+         queries) trained against the frozen stage-1 U-Net, fed by a frozen tiny T5 encoder over
+         the full 80-token caption. The T5 is RANDOMLY initialised and frozen (no pretrained T5
+         can be made offline; its features still identify every token and its context, which is
+         all the TSC needs on the closed Shapes vocabulary).
+  ln     stage 2 ablation (paper Tab. 6): the plain-LayerNorm resampler, no timestep path
+         (norm_type="ln", time_aware_query=False), same budget as `tsc`.
 
-`unet_path` (argument) is the diffusers U-Net folder written by ``t2ijax convert`` from the
-stage-1 workdir (default: runs/ella_shapes/unet/export/unet). All stages share the data
-config, so the Shapes dataset is built once. Commands: experiments/ella_shapes/README.md.
+Deviation from the paper, forced by the frozen U-Net: the stage-2 loss is the MSE on the
+U-Net's own prediction type (x0 here; the paper's SD 1.5 predicts epsilon), under its schedule.
+
+Launch (all commands and measured numbers: experiments/ella_shapes/):
+  t2ijax train --config=configs/ella_shapes.py:unet --workdir=runs/ella_shapes/unet
+  t2ijax convert --workdir=runs/ella_shapes/unet --out=runs/ella_shapes/unet/export
+  t2ijax train --config=configs/ella_shapes.py:tsc --workdir=runs/ella_shapes/tsc
 """
 
 import ml_collections
@@ -22,57 +33,39 @@ import ml_collections
 from t2ijax.config_utils import import_sibling, parse_arg
 
 common = import_sibling(__file__, "common")
+demo = import_sibling(__file__, "demo_shapes")
 
 DEFAULT_UNET_PATH = "runs/ella_shapes/unet/export/unet"
-CONTEXT_WIDTH = 32  # the stage-1 text width = the U-Net's cross_attention_dim = the TSC width
+CLIP_TOKENS = 20     # stage-1 text context (BOS + 18 words + EOS): the CLIP-77 truncation analogue
+T5_TOKENS = 80       # the longest dense Shapes caption is 76 tokens
 
 
-def _data():
-    from t2ijax.data.pipeline import default_data_config
-
-    return default_data_config(resolution=16, caption="dense", max_length=80, tokenizer="shapes_word",
-                               num_train=4000, num_val=32, num_test=32, with_regions=False, read_threads=2,
-                               prefetch_buffer_size=64)
+def _data(max_length: int):
+    # The demo's Shapes split sizes, so the demo and this experiment share one built dataset.
+    return demo.data_config(tiny=False, max_length=max_length)
 
 
-def _unet() -> dict:
-    # 16x16 pixels, cross-attention at 8x8 only: sized for a shared 2-core CPU.
-    return dict(sample_size=16, in_channels=3, out_channels=3, block_out_channels=[32, 64], layers_per_block=1,
-                down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
-                up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"], attention_head_dim=2,
-                cross_attention_dim=CONTEXT_WIDTH, norm_num_groups=8)
-
-
-def _stage1():
-    c = common.runtime_defaults(method="txt2img", total_steps=1000, batch_size=32, compute_dtype="float32",
-                                ema_decay=0.99, log_every=25, checkpoint_every=100, keep_last=2,
-                                tensorboard=False)
-    c.optim = common.optim_defaults(lr=1e-3, weight_decay=0.01, schedule="warmup_cosine", warmup_steps=50,
-                                    grad_clip_norm=1.0)
-    c.data = _data()
-    c.model = ml_collections.ConfigDict()
-    c.model.unet = _unet()
-    c.model.text = dict(vocab_size=0, max_position_embeddings=0, hidden_size=CONTEXT_WIDTH, intermediate_size=64,
-                        num_hidden_layers=1, num_attention_heads=2, hidden_act="gelu")
-    c.model.caption_dropout = 0.1
-    c.model.prediction_type = "epsilon"
-    c.model.schedule = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
-    c.sample = ml_collections.ConfigDict(dict(num_steps=20, guidance_scale=3.0))
+def _stage1(clip_tokens: int):
+    c = demo.get_config("cpu")  # 1,500 steps at batch 16, as the demo
+    c.data = _data(clip_tokens)
+    c.sample.guidance_scale = 1.0
+    del c["demo"]
     return c
 
 
 def _stage2(variant: str, unet_path: str):
-    c = common.runtime_defaults(method="ella", total_steps=600, batch_size=32, compute_dtype="float32",
-                                ema_decay=0.0, log_every=50, checkpoint_every=200, keep_last=2, tensorboard=False)
+    stage1 = demo.get_config("cpu")
+    c = common.runtime_defaults(method="ella", total_steps=1500, batch_size=16, compute_dtype="float32",
+                                ema_decay=0.0, log_every=50, checkpoint_every=500, keep_last=2, tensorboard=False)
     # The paper's optimiser (AdamW, constant lr, wd 0.01), with a larger lr for this short run.
     c.optim = common.optim_defaults(lr=1e-3, weight_decay=0.01, schedule="constant", grad_clip_norm=1.0)
-    c.data = _data()
+    c.data = _data(T5_TOKENS)
+    width = stage1.model.unet.cross_attention_dim
     c.model = ml_collections.ConfigDict()
-    tiny_tsc = dict(time_channel=32, time_embed_dim=CONTEXT_WIDTH, width=CONTEXT_WIDTH, layers=2, heads=2,
-                    num_latents=16, input_dim=64)
+    tsc = dict(time_channel=64, time_embed_dim=width, width=width, layers=2, heads=4, num_latents=32, input_dim=64)
     if variant == "ln":
-        tiny_tsc.update(norm_type="ln", time_aware_query=False)
-    c.model.ella = tiny_tsc
+        tsc.update(norm_type="ln", time_aware_query=False)
+    c.model.ella = tsc
     c.model.unet_path = unet_path
     c.model.vae_path = ""
     c.model.text_encoder_path = ""
@@ -84,17 +77,17 @@ def _stage2(variant: str, unet_path: str):
     c.model.text_mode = "fixed"
     c.model.caption_dropout = 0.1
     c.model.feature_cache = ""
-    c.model.prediction_type = "epsilon"
-    c.model.schedule = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+    c.model.prediction_type = stage1.model.prediction_type
+    c.model.schedule = stage1.model.schedule
     c.model.frozen_seed = 0
-    c.sample = ml_collections.ConfigDict(dict(num_steps=20, guidance_scale=3.0))
+    c.sample = ml_collections.ConfigDict(dict(num_steps=stage1.sample.num_steps, guidance_scale=1.0))
     return c
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, variant="tsc", unet_path=DEFAULT_UNET_PATH)
+    arg = parse_arg(arg, variant="tsc", unet_path=DEFAULT_UNET_PATH, clip_tokens=CLIP_TOKENS)
     if arg.variant == "unet":
-        return _stage1()
+        return _stage1(int(arg.clip_tokens))
     if arg.variant in ("tsc", "ln"):
         return _stage2(arg.variant, arg.unet_path)
     raise ValueError(f"ella_shapes variant {arg.variant!r}; choose 'unet', 'tsc' or 'ln'")

@@ -37,6 +37,8 @@ flags.DEFINE_integer("stop_after", 0, "`train`: stop (with a checkpoint) at this
 flags.DEFINE_string("benchmark", "shapes", "`eval`: shapes | dpg")
 flags.DEFINE_integer("num_prompts", 0, "`eval`: number of prompts (0: all)")
 flags.DEFINE_integer("images_per_prompt", 4, "`eval`: images per prompt")
+flags.DEFINE_enum("split", "test", ["test", "validation"], "`eval --benchmark=shapes`: prompts of this split "
+                  "(validation: for tuning sampling settings without the test prompts)")
 flags.DEFINE_string("dpg_csv", None, "`eval --benchmark=dpg`: the official dpg_bench.csv (scored only with it)")
 FLAGS = flags.FLAGS
 
@@ -160,7 +162,7 @@ def cmd_eval() -> dict:
     out = FLAGS.out or os.path.join(workdir, "eval", FLAGS.benchmark)
     results = evaluate(sampler, benchmark=FLAGS.benchmark, out_dir=out, data_config=config.data,
                        num_prompts=FLAGS.num_prompts or None, images_per_prompt=FLAGS.images_per_prompt,
-                       seed=FLAGS.seed, dpg_csv=FLAGS.dpg_csv)
+                       seed=FLAGS.seed, dpg_csv=FLAGS.dpg_csv, split=FLAGS.split)
     print(f"[t2ijax] eval report in {out}")
     return results
 
@@ -192,25 +194,10 @@ def cmd_convert() -> None:
 
 
 def cmd_demo() -> None:
-    """prepare -> train -> eval (report + sample grid), all in the workdir; `t2ijax.demo.run_demo` if it exists."""
-    try:
-        demo = __import__("t2ijax.demo", fromlist=["run_demo"])
-    except ImportError:
-        demo = None
-    if demo is not None and hasattr(demo, "run_demo") and _CONFIG.value is None:
-        config = demo.default_config()  # `t2ijax demo` with no flags: configs/demo_shapes.py, runs/demo
-    else:
-        config = _config()
-    workdir = FLAGS.workdir or getattr(demo, "DEFAULT_WORKDIR", None) or _workdir()
-    if demo is not None and hasattr(demo, "run_demo"):
-        demo.run_demo(config, workdir)
-        return
-    cmd_prepare()
-    from t2ijax.train.loop import train
-    train(config, workdir)
-    if not FLAGS.out:
-        FLAGS.out = os.path.join(workdir, "eval", FLAGS.benchmark)
-    cmd_eval()
+    """prepare -> train -> sample held-out prompts -> score (`t2ijax.demo.run_demo`); defaults: the README demo."""
+    from t2ijax import demo
+    config = demo.default_config() if _CONFIG.value is None else _config()
+    demo.run_demo(config, FLAGS.workdir or demo.DEFAULT_WORKDIR)
 
 
 def _main(argv: list[str]) -> None:

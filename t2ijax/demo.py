@@ -7,9 +7,10 @@ Stages, all inside `workdir`:
   1. prepare the Shapes dataset of ``config.data`` (TFDS ArrayRecord, skipped when already built);
   2. train ``config.method`` (the txt2img U-Net + text encoder) with the train loop, progress bar
      included; a finished run in the same workdir is not retrained (the loop resumes);
-  3. sample ``demo.images_per_prompt`` images for each of the first ``demo.num_prompts`` prompts of
-     the Shapes test split (every test scene holds a (colour, shape) pair never seen in training)
-     and score them with the DPG-style Shapes benchmark and the judge (`t2ijax.eval.evaluate`);
+  3. for each split of ``demo.splits``, sample ``demo.images_per_prompt`` images for each of its
+     first ``demo.num_prompts`` prompts and score them with the DPG-style Shapes benchmark and the
+     judge (`t2ijax.eval.evaluate`): "test" scenes each hold a (colour, shape) pair never seen in
+     training (compositional generalisation), "validation" scenes are new scenes of seen pairs;
   4. score the unconditional baseline on the same prompts with the same seeds (see below);
   5. write ``demo_grid.png`` (prompts under the images) and ``demo_report.{json,md}`` with both
      scores, and print where they are.
@@ -61,14 +62,20 @@ def _check(config) -> None:
         raise ValueError(f"the demo evaluates on Shapes; config.data.name is {config.data.name!r}")
     if "demo" not in config:
         raise ValueError("the config has no `demo` section (num_prompts, images_per_prompt, sample_batch_size, "
-                         "grid_prompts, seed); start from configs/demo_shapes.py")
+                         "grid_prompts, seed, splits); start from configs/demo_shapes.py")
     d = config.demo
     for key in ("num_prompts", "images_per_prompt", "sample_batch_size", "grid_prompts"):
         if int(d[key]) <= 0:
             raise ValueError(f"config.demo.{key}={d[key]} must be positive")
-    if int(d.num_prompts) > int(config.data.num_test):
-        raise ValueError(f"config.demo.num_prompts={d.num_prompts} exceeds the test split size "
-                         f"data.num_test={config.data.num_test}")
+    splits = tuple(d.splits)
+    if not splits or any(split not in SPLIT_TITLES for split in splits) or len(set(splits)) < len(splits):
+        raise ValueError(f"config.demo.splits={splits!r}: name each of {sorted(SPLIT_TITLES)} at most once, "
+                         f"the headline split first")
+    sizes = {"test": int(config.data.num_test), "validation": int(config.data.num_val)}
+    for split in splits:
+        if int(d.num_prompts) > sizes[split]:
+            raise ValueError(f"config.demo.num_prompts={d.num_prompts} exceeds the {split} split size "
+                             f"{sizes[split]} (data.num_{'test' if split == 'test' else 'val'})")
 
 
 def make_samplers(method, params, frozen, *, num_steps: int | None = None, guidance_scale: float | None = None):
@@ -94,7 +101,13 @@ def _to_json(value):
     return value.tolist() if hasattr(value, "tolist") else str(value)
 
 
-def _summary(config, workdir, cond, uncond, timings, train_steps, grid_path) -> dict:
+SPLIT_TITLES = {
+    "test": "held-out colour/shape pairs (test split: every scene holds a pair never seen in training)",
+    "validation": "held-out scenes (validation split: new scenes and captions, colour/shape pairs seen in training)",
+}
+
+
+def _split_summary(cond, uncond) -> dict:
     per_prompt = {k: {"prompt": v["prompt"], "conditional": v["score"],
                       "unconditional": uncond["per_prompt"][k]["score"]}
                   for k, v in cond["per_prompt"].items()}
@@ -102,10 +115,23 @@ def _summary(config, workdir, cond, uncond, timings, train_steps, grid_path) -> 
         "conditional_dpg_score": cond["dpg_score"],
         "unconditional_dpg_score": uncond["dpg_score"],
         "score_gap": cond["dpg_score"] - uncond["dpg_score"],
-        "benchmark": "shapes (DPG-style, programmatic judge), held-out test-split prompts",
-        "caption": config.data.caption,
         "num_prompts": cond["num_prompts"],
-        "images_per_prompt": cond["images_per_prompt"],
+        "dpg_l1": {"conditional": cond["dpg_l1"], "unconditional": uncond["dpg_l1"]},
+        "compbench": {"conditional": cond["compbench"], "unconditional": uncond["compbench"]},
+        "per_prompt": per_prompt,
+    }
+
+
+def _summary(config, workdir, splits: dict, timings, train_steps, grid_path) -> dict:
+    """The first split's scores at the top level (the headline), every split under ``splits``."""
+    first = next(iter(splits))
+    return {
+        **{k: splits[first][k] for k in ("conditional_dpg_score", "unconditional_dpg_score", "score_gap",
+                                           "num_prompts", "per_prompt")},
+        "split": first,
+        "benchmark": "shapes (DPG-style, programmatic judge), prompts never seen in training",
+        "caption": config.data.caption,
+        "images_per_prompt": int(config.demo.images_per_prompt),
         "train_steps": train_steps,
         "batch_size": int(config.batch_size),
         "sampler": f"DDIM trailing, {int(config.sample.num_steps)} steps",
@@ -114,33 +140,35 @@ def _summary(config, workdir, cond, uncond, timings, train_steps, grid_path) -> 
         "grid": grid_path,
         "workdir": os.path.abspath(workdir),
         "seconds": timings,
-        "dpg_l1": {"conditional": cond["dpg_l1"], "unconditional": uncond["dpg_l1"]},
-        "compbench": {"conditional": cond["compbench"], "unconditional": uncond["compbench"]},
-        "per_prompt": per_prompt,
+        "splits": splits,
     }
 
 
 def _markdown(s: dict) -> str:
     lines = [
         "# t2ijax CPU demo: text-conditioned U-Net on Shapes 32x32", "",
-        f"Held-out prompts (Shapes test split: each scene holds a colour/shape pair never seen in training), "
-        f"{s['num_prompts']} prompts x {s['images_per_prompt']} images, scored with the DPG-style Shapes "
+        f"Prompts never seen in training, {s['images_per_prompt']} images each, scored with the DPG-style Shapes "
         f"benchmark answered by the programmatic judge.", "",
-        "| model | DPG-style score |", "|---|---|",
-        f"| conditional (guidance {s['guidance_scale']:g}) | {s['conditional_dpg_score']:.2f} |",
-        f"| unconditional baseline | {s['unconditional_dpg_score']:.2f} |", "",
-        f"Unconditional baseline: {s['unconditional']}.", "",
-        f"Training: {s['train_steps']} steps at batch {s['batch_size']}; sampling: {s['sampler']}.", "",
+        "| prompts | conditional (guidance {:g}) | unconditional baseline |".format(s["guidance_scale"]),
+        "|---|---|---|",
+    ]
+    lines += [f"| {SPLIT_TITLES[name]}, {r['num_prompts']} prompts | {r['conditional_dpg_score']:.2f} | "
+              f"{r['unconditional_dpg_score']:.2f} |" for name, r in s["splits"].items()]
+    lines += [
+        "", f"Unconditional baseline: {s['unconditional']}.", "",
+        f"Training: {s['train_steps']} steps at batch {s['batch_size']}; sampling: {s['sampler']}. "
+        f"The grid shows the {s['split']} split.", "",
         "| stage | seconds |", "|---|---|",
     ]
     lines += [f"| {k} | {v:.1f} |" for k, v in s["seconds"].items()]
-    comp_c, comp_u = s["compbench"]["conditional"], s["compbench"]["unconditional"]
-    lines += ["", "| CompBench-style category (% questions right) | conditional | unconditional |",
-              "|---|---|---|"]
-    lines += [f"| {k} | {v['question']:.1f} | {comp_u[k]['question']:.1f} |" for k, v in comp_c.items()]
-    lines += ["", "| # | prompt | conditional | unconditional |", "|---|---|---|---|"]
-    lines += [f"| {k} | {v['prompt']} | {v['conditional']:.1f} | {v['unconditional']:.1f} |"
-              for k, v in s["per_prompt"].items()]
+    for name, r in s["splits"].items():
+        comp_c, comp_u = r["compbench"]["conditional"], r["compbench"]["unconditional"]
+        lines += ["", f"## {name} split", "",
+                  "| CompBench-style category (% questions right) | conditional | unconditional |", "|---|---|---|"]
+        lines += [f"| {k} | {v['question']:.1f} | {comp_u[k]['question']:.1f} |" for k, v in comp_c.items()]
+        lines += ["", "| # | prompt | conditional | unconditional |", "|---|---|---|---|"]
+        lines += [f"| {k} | {v['prompt']} | {v['conditional']:.1f} | {v['unconditional']:.1f} |"
+                  for k, v in r["per_prompt"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -173,25 +201,29 @@ def run_demo(config, workdir: str | None = None) -> dict:
     train_steps = int(state.step)
     timings["train (incl. compile)"] = time.perf_counter() - t0
 
-    print(f"[t2ijax demo] 3/4 sampling {d.num_prompts} held-out prompts x {d.images_per_prompt} images, "
-          f"conditional and unconditional", flush=True)
-    t0 = time.perf_counter()
     method, params, frozen, _ = load_for_inference(config, workdir, ema=True)
     conditional, unconditional = make_samplers(method, params, frozen)
-    common = dict(benchmark="shapes", data_config=config.data, num_prompts=int(d.num_prompts),
-                  images_per_prompt=int(d.images_per_prompt), seed=int(d.seed),
-                  batch_size=int(d.sample_batch_size), grid_images=int(d.grid_prompts))
-    cond = evaluate(conditional, out_dir=os.path.join(workdir, "eval", "conditional"), **common)
-    timings["sample + judge, conditional (incl. compile)"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    uncond = evaluate(unconditional, out_dir=os.path.join(workdir, "eval", "unconditional"), **common)
-    timings["sample + judge, unconditional"] = time.perf_counter() - t0
+    splits = {}
+    for split in d.splits:
+        print(f"[t2ijax demo] 3/4 sampling {d.num_prompts} {split}-split prompts x {d.images_per_prompt} images, "
+              f"conditional and unconditional", flush=True)
+        common = dict(benchmark="shapes", data_config=config.data, num_prompts=int(d.num_prompts),
+                      images_per_prompt=int(d.images_per_prompt), seed=int(d.seed),
+                      batch_size=int(d.sample_batch_size), grid_images=int(d.grid_prompts), split=split)
+        results = {}
+        for kind, sampler in (("conditional", conditional), ("unconditional", unconditional)):
+            t0 = time.perf_counter()
+            results[kind] = evaluate(sampler, out_dir=os.path.join(workdir, "eval", split, kind), **common)
+            timings[f"sample + judge, {split}, {kind}"] = time.perf_counter() - t0
+        splits[split] = _split_summary(results["conditional"], results["unconditional"])
+        if len(splits) == 1:
+            grid_source = results["conditional"]["grid"]
 
     print("[t2ijax demo] 4/4 writing the grid and the report", flush=True)
     grid_path = os.path.join(workdir, "demo_grid.png")
-    shutil.copyfile(cond["grid"], grid_path)
+    shutil.copyfile(grid_source, grid_path)
     timings["total"] = time.perf_counter() - t_all
-    summary = _summary(config, workdir, cond, uncond, timings, train_steps, grid_path)
+    summary = _summary(config, workdir, splits, timings, train_steps, grid_path)
     json_path, md_path = os.path.join(workdir, "demo_report.json"), os.path.join(workdir, "demo_report.md")
     with open(json_path, "w") as f:
         json.dump(summary, f, indent=1, default=_to_json)
@@ -199,9 +231,10 @@ def run_demo(config, workdir: str | None = None) -> dict:
         f.write(_markdown(summary))
     summary["report"] = {"json": json_path, "markdown": md_path}
 
-    print(f"[t2ijax demo] conditional score   {summary['conditional_dpg_score']:.2f}\n"
-          f"[t2ijax demo] unconditional score {summary['unconditional_dpg_score']:.2f} "
-          f"(empty caption, guidance off, same weights and noise)\n"
+    for split, r in splits.items():
+        print(f"[t2ijax demo] {split} prompts: conditional score {r['conditional_dpg_score']:.2f}, "
+              f"unconditional {r['unconditional_dpg_score']:.2f}", flush=True)
+    print(f"[t2ijax demo] (unconditional: empty caption, guidance off, same weights and noise)\n"
           f"[t2ijax demo] grid:   {grid_path}\n"
           f"[t2ijax demo] report: {md_path} (+ .json)\n"
           f"[t2ijax demo] total {timings['total']:.0f}s", flush=True)

@@ -34,18 +34,23 @@ def test_demo_writes_grid_and_report_with_both_scores(tiny_run):
         assert isinstance(report[key], float) and 0.0 <= report[key] <= 100.0 and math.isfinite(report[key])
     assert report["score_gap"] == pytest.approx(report["conditional_dpg_score"] - report["unconditional_dpg_score"])
     assert report["num_prompts"] == config.demo.num_prompts == len(report["per_prompt"])
+    assert report["split"] == "test" and list(report["splits"]) == list(config.demo.splits) == ["test", "validation"]
+    for split in report["splits"].values():
+        assert split["num_prompts"] == config.demo.num_prompts
+        assert 0.0 <= split["conditional_dpg_score"] <= 100.0 and 0.0 <= split["unconditional_dpg_score"] <= 100.0
     assert report["images_per_prompt"] == config.demo.images_per_prompt
     assert report["train_steps"] == config.total_steps
     assert "empty caption" in report["unconditional"]
 
     with open(os.path.join(workdir, "demo_report.md")) as f:
         markdown = f.read()
-    assert f"| unconditional baseline | {report['unconditional_dpg_score']:.2f} |" in markdown
-    assert f"| conditional (guidance {config.sample.guidance_scale:g}) | {report['conditional_dpg_score']:.2f} |" \
-        in markdown
-    for kind in ("conditional", "unconditional"):
-        for name in ("report.json", "report.md", "grid.png"):
-            assert os.path.exists(os.path.join(workdir, "eval", kind, name)), (kind, name)
+    assert f"| conditional (guidance {config.sample.guidance_scale:g}) | unconditional baseline |" in markdown
+    for split, r in report["splits"].items():
+        assert f"{r['num_prompts']} prompts | {r['conditional_dpg_score']:.2f} | {r['unconditional_dpg_score']:.2f} |" \
+            in markdown
+        for kind in ("conditional", "unconditional"):
+            for name in ("report.json", "report.md", "grid.png"):
+                assert os.path.exists(os.path.join(workdir, "eval", split, kind, name)), (split, kind, name)
     print(f"tiny demo: conditional {report['conditional_dpg_score']:.2f} "
           f"unconditional {report['unconditional_dpg_score']:.2f} seconds {report['seconds']}")
 
@@ -55,6 +60,8 @@ def test_bad_demo_config_fails_before_compute(tmp_path):
     with pytest.raises(ValueError, match="num_prompts=100 exceeds the test split"):
         demo.run_demo(config, str(tmp_path / "run"))
     assert not os.path.exists(tmp_path / "run")
+    with pytest.raises(ValueError, match="demo.splits"):
+        demo.run_demo(load_config(f"{CONFIG}:tiny", ["demo.splits=('test', 'train')"]), str(tmp_path / "run"))
     with pytest.raises(ValueError, match="txt2img"):
         demo.run_demo(load_config(f"{CONFIG}:tiny", ["method=toy"]), str(tmp_path / "run"))
 

@@ -133,6 +133,21 @@ def test_evaluate_shapes_end_to_end(tmp_path):
         assert os.path.exists(tmp_path / "good" / name)
 
 
+def test_evaluate_shapes_validation_split_for_tuning(tmp_path):
+    cfg = default_data_config(num_val=3, num_test=2, seed=5, caption="dense")
+    renders = {}
+    for i in range(3):
+        ex = shapes.make_example(5, "validation", i, 32)
+        renders[ex.captions["dense"]] = ex.image
+    oracle = lambda prompts, seeds: np.stack([renders[p] for p in prompts])  # noqa: E731
+    out = evaluate(oracle, benchmark="shapes", out_dir=str(tmp_path / "val"), data_config=cfg, split="validation")
+    assert out["split"] == "validation" and out["num_prompts"] == 3 and out["dpg_score"] == 100.0
+    with pytest.raises(ValueError, match="'test' or 'validation'"):
+        evaluate(oracle, benchmark="shapes", out_dir=str(tmp_path / "x"), data_config=cfg, split="train")
+    with pytest.raises(ValueError, match="exceeds the test split size 2"):
+        evaluate(oracle, benchmark="shapes", out_dir=str(tmp_path / "x"), data_config=cfg, num_prompts=3)
+
+
 def test_evaluate_dpg_prompts(tmp_path):
     rng = np.random.default_rng(0)
     sampler = lambda prompts, seeds: rng.integers(0, 256, (len(prompts), 16, 16, 3), dtype=np.uint8)  # noqa: E731

@@ -31,6 +31,24 @@ def test_txt2img_config_variants_and_overrides():
         load_config(f"{TXT2IMG}:huge")
 
 
+def test_ella_shapes_stages_fit_together():
+    """Stage 2 trains against stage 1's U-Net: same data, width, prediction type and schedule; T5 sees more text."""
+    path = os.path.join(REPO, "configs", "ella_shapes.py")
+    unet = load_config(f"{path}:unet")
+    assert unet.method == "txt2img" and unet.data.max_length == 20
+    for variant in ("tsc", "ln"):
+        c = load_config(f"{path}:variant={variant},unet_path=/x/unet")
+        assert c.method == "ella" and c.model.unet_path == "/x/unet" and c.data.max_length == 80
+        assert c.model.ella.width == unet.model.unet.cross_attention_dim
+        assert c.model.prediction_type == unet.model.prediction_type
+        assert c.model.schedule.to_dict() == unet.model.schedule.to_dict()
+        for key in ("resolution", "num_train", "num_val", "num_test", "seed", "caption"):
+            assert c.data[key] == unet.data[key], key
+    assert load_config(f"{path}:variant=ln").model.ella.norm_type == "ln"
+    with pytest.raises(ValueError, match="choose 'unet', 'tsc' or 'ln'"):
+        load_config(f"{path}:variant=xl")
+
+
 def test_unknown_keys_are_rejected_naming_the_key():
     with pytest.raises(KeyError, match="optim.lrr"):
         load_config(f"{TXT2IMG}:tiny", ["optim.lrr=1"])

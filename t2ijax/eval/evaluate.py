@@ -58,8 +58,12 @@ def _generate(sampler: Callable, prompts: list[str], images_per_prompt: int, see
 def evaluate(sampler: Callable, *, benchmark: str, out_dir: str, data_config=None, num_prompts: int | None = None,
              images_per_prompt: int = 4, seed: int = 0, batch_size: int = 16, grid_images: int = 16,
              dpg_csv: str | None = None, vqa: Callable | None = None, dpg_options: dpg.DPGOptions | None = None,
-             prompts_path: str | None = None) -> dict:
-    """Generate with `sampler`, score `benchmark`, write `report.json`, `report.md` and `grid.png` into `out_dir`."""
+             prompts_path: str | None = None, split: str = "test") -> dict:
+    """Generate with `sampler`, score `benchmark`, write `report.json`, `report.md` and `grid.png` into `out_dir`.
+
+    `split` (shapes only): "test" (the held-out colour/shape pairs; the reported number) or "validation"
+    (for tuning sampling settings such as the guidance scale without looking at the test prompts).
+    """
     if benchmark not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {BENCHMARKS}")
     if images_per_prompt <= 0:
@@ -68,7 +72,7 @@ def evaluate(sampler: Callable, *, benchmark: str, out_dir: str, data_config=Non
     os.makedirs(out_dir, exist_ok=True)
     if benchmark == "shapes":
         results, prompts, grouped = _evaluate_shapes(sampler, data_config, num_prompts, images_per_prompt, seed,
-                                                     batch_size, options)
+                                                     batch_size, options, split)
     else:
         results, prompts, grouped = _evaluate_dpg(sampler, out_dir, num_prompts, seed, batch_size, dpg_csv, vqa,
                                                   options, prompts_path)
@@ -79,11 +83,16 @@ def evaluate(sampler: Callable, *, benchmark: str, out_dir: str, data_config=Non
     return results
 
 
-def _evaluate_shapes(sampler, data_config, num_prompts, images_per_prompt, seed, batch_size, options):
+def _evaluate_shapes(sampler, data_config, num_prompts, images_per_prompt, seed, batch_size, options, split):
     if data_config is None:
         raise ValueError("the shapes benchmark needs the data_config (seed, resolution, caption, num_test)")
-    n = int(num_prompts or data_config.num_test)
-    examples = [shapes.make_example(int(data_config.seed), "test", i, int(data_config.resolution)) for i in range(n)]
+    sizes = {"test": data_config.num_test, "validation": data_config.num_val}
+    if split not in sizes:
+        raise ValueError(f"shapes evaluation split must be 'test' or 'validation', got {split!r}")
+    n = int(num_prompts or sizes[split])
+    if n > int(sizes[split]):
+        raise ValueError(f"num_prompts={n} exceeds the {split} split size {sizes[split]}")
+    examples = [shapes.make_example(int(data_config.seed), split, i, int(data_config.resolution)) for i in range(n)]
     prompts = [ex.captions[data_config.caption] for ex in examples]
     graphs = [ex.scene.to_graph() for ex in examples]
     grouped, seeds = _generate(sampler, prompts, images_per_prompt, seed, batch_size)
@@ -95,6 +104,7 @@ def _evaluate_shapes(sampler, data_config, num_prompts, images_per_prompt, seed,
     dpg_result = dpg.aggregate(scores, {}, options)
     results = {
         "benchmark": "shapes",
+        "split": split,
         "caption": data_config.caption,
         "num_prompts": n,
         "images_per_prompt": images_per_prompt,

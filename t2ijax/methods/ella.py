@@ -41,7 +41,7 @@ config.model:
   prediction_type      "epsilon" (the paper); "v_prediction" / "sample" for other U-Nets
   schedule             {num_train_timesteps, beta_start, beta_end, beta_schedule}
   frozen_seed          seed for randomly initialised frozen modules
-config.sample: {num_steps, guidance_scale}
+config.sample: {num_steps, guidance_scale, clip_sample (default: on for pixel-space U-Nets, off with a VAE)}
 config.data.tokenizer must be the T5 tokenizer folder (or `shapes_word` for tests).
 """
 
@@ -166,6 +166,8 @@ class ELLAMethod:
         self._tokenize = tokenize
         self._build_frozen_modules(m)
         self._build_tsc(m)
+        # DDIM's x0 clipping (diffusers' clip_sample) suits pixel-space U-Nets (data in [-1, 1]), not VAE latents.
+        self.clip_sample = bool(config.sample.get("clip_sample", self.vae is None))
 
     # ---------------------------------------------------------------- modules
 
@@ -404,7 +406,7 @@ class ELLAMethod:
         uncond = {"features": jnp.broadcast_to(frozen["empty_features"][None], cond["features"].shape),
                   "mask": jnp.broadcast_to(frozen["empty_mask"][None], mask.shape)}
         sampler = diffusion.DDIM(schedule=self.schedule, prediction_type=self.prediction_type,
-                                 timestep_spacing="trailing")
+                                 timestep_spacing="trailing", clip_sample=self.clip_sample)
         x_T = jax.random.normal(rng, (n, self.sample_size, self.sample_size, self.unet.in_channels))
         x0 = diffusion.sample(self._denoise, {"unet": frozen["unet"], "tsc": params}, sampler, x_T, cond,
                               num_steps=int(num_steps or self.sample_steps), uncond=uncond,
