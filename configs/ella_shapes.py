@@ -1,15 +1,19 @@
-"""ELLA's setting on Shapes 32x32: a frozen U-Net trained with a short-context CLIP-style encoder, then TSC + T5.
+"""ELLA's setting on Shapes 32x32: a frozen U-Net trained with a CLIP-style encoder on short captions, then TSC + T5.
 
-The paper's premise: SD's U-Net was trained with CLIP, whose 77-token context truncates dense
-prompts; ELLA keeps that U-Net frozen and feeds it an LLM's reading of the whole prompt through
-the TSC. Here the stage-1 text encoder reads the first `clip_tokens` (default 20) tokens of the
-dense caption (the object count and about two objects; relations and later objects are cut),
-and the stage-2 T5 reads all 80.
+The paper's premise: SD's U-Net was trained with CLIP on short alt-texts (and CLIP truncates at 77
+tokens); ELLA keeps that U-Net frozen and trains the TSC on dense captions, feeding the U-Net an
+LLM's reading of the whole dense prompt. Here the stage-1 U-Net and its text encoder are trained
+on `stage1_caption` captions (default "short": "a red circle and a blue square", every object's
+colour and shape, no sizes, relations or counts) with a `clip_tokens`-token context (default 20),
+and the stage-2 T5 + TSC read the 80-token dense captions that the benchmark prompts with.
+`stage1_caption=dense` is the other reading of the premise (same dense captions, truncated to
+`clip_tokens`, so only the count and about two objects get through); both are measured in
+experiments/ella_shapes/README.md.
 
 Variants (the string after ``:``, or ``variant=...,unet_path=...,clip_tokens=...``):
   unet   stage 1 (method txt2img): the CPU demo's U-Net recipe (configs/demo_shapes.py: 1M params,
-         x0 prediction, cosine schedule) and a CLIP-style text encoder trained jointly on dense
-         captions truncated to `clip_tokens`. Its U-Net becomes the frozen U-Net of stage 2
+         x0 prediction, cosine schedule) and a CLIP-style text encoder trained jointly on
+         `stage1_caption` captions truncated to `clip_tokens`. Its U-Net becomes the frozen U-Net of stage 2
          (exported with ``t2ijax convert``).
   tsc    stage 2 (method ella): the Timestep-Aware Semantic Connector (AdaLN, time-aware
          queries) trained against the frozen stage-1 U-Net, fed by a frozen tiny T5 encoder over
@@ -36,18 +40,23 @@ common = import_sibling(__file__, "common")
 demo = import_sibling(__file__, "demo_shapes")
 
 DEFAULT_UNET_PATH = "runs/ella_shapes/unet/export/unet"
-CLIP_TOKENS = 20     # stage-1 text context (BOS + 18 words + EOS): the CLIP-77 truncation analogue
+CLIP_TOKENS = 20     # stage-1 text context (BOS + 18 words + EOS): the CLIP-77 truncation analogue; the
+                     # longest short caption has 17 tokens
 T5_TOKENS = 80       # the longest dense Shapes caption is 76 tokens
 
 
-def _data(max_length: int):
+def _data(max_length: int, caption: str = "dense"):
     # The demo's Shapes split sizes, so the demo and this experiment share one built dataset.
-    return demo.data_config(tiny=False, max_length=max_length)
+    c = demo.data_config(tiny=False, max_length=max_length)
+    c.caption = caption
+    return c
 
 
-def _stage1(clip_tokens: int):
+def _stage1(clip_tokens: int, caption: str):
+    if caption not in ("short", "dense"):
+        raise ValueError(f"ella_shapes stage1_caption {caption!r}; choose 'short' or 'dense'")
     c = demo.get_config("cpu")  # 1,500 steps at batch 16, as the demo
-    c.data = _data(clip_tokens)
+    c.data = _data(clip_tokens, caption)
     c.sample.guidance_scale = 1.0
     del c["demo"]
     return c
@@ -85,9 +94,9 @@ def _stage2(variant: str, unet_path: str):
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, variant="tsc", unet_path=DEFAULT_UNET_PATH, clip_tokens=CLIP_TOKENS)
+    arg = parse_arg(arg, variant="tsc", unet_path=DEFAULT_UNET_PATH, clip_tokens=CLIP_TOKENS, stage1_caption="short")
     if arg.variant == "unet":
-        return _stage1(int(arg.clip_tokens))
+        return _stage1(int(arg.clip_tokens), arg.stage1_caption)
     if arg.variant in ("tsc", "ln"):
         return _stage2(arg.variant, arg.unet_path)
     raise ValueError(f"ella_shapes variant {arg.variant!r}; choose 'unet', 'tsc' or 'ln'")

@@ -35,14 +35,16 @@ def test_ella_shapes_stages_fit_together():
     """Stage 2 trains against stage 1's U-Net: same data, width, prediction type and schedule; T5 sees more text."""
     path = os.path.join(REPO, "configs", "ella_shapes.py")
     unet = load_config(f"{path}:unet")
-    assert unet.method == "txt2img" and unet.data.max_length == 20
+    assert unet.method == "txt2img" and unet.data.max_length == 20 and unet.data.caption == "short"
+    assert load_config(f"{path}:variant=unet,stage1_caption=dense").data.caption == "dense"
     for variant in ("tsc", "ln"):
         c = load_config(f"{path}:variant={variant},unet_path=/x/unet")
         assert c.method == "ella" and c.model.unet_path == "/x/unet" and c.data.max_length == 80
         assert c.model.ella.width == unet.model.unet.cross_attention_dim
         assert c.model.prediction_type == unet.model.prediction_type
         assert c.model.schedule.to_dict() == unet.model.schedule.to_dict()
-        for key in ("resolution", "num_train", "num_val", "num_test", "seed", "caption"):
+        assert c.data.caption == "dense"
+        for key in ("resolution", "num_train", "num_val", "num_test", "seed"):
             assert c.data[key] == unet.data[key], key
     assert load_config(f"{path}:variant=ln").model.ella.norm_type == "ln"
     with pytest.raises(ValueError, match="choose 'unet', 'tsc' or 'ln'"):
