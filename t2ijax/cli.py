@@ -2,8 +2,11 @@
 
   train     run the train loop (resumes from the workdir's latest checkpoint)
   sample    write a PNG grid for --prompt (repeatable) / --prompts_file, from the workdir's latest
-            checkpoint (EMA params if present) or a random init (--random_init)
-  eval      run a benchmark (--benchmark=shapes|dpg) on the trained model, report + grid in --out
+            checkpoint (EMA params if present) or a random init (--random_init); image i uses seed
+            --seed + i (in its caption and in the JSON next to the PNG), so an eval report's seed regenerates
+            its image: ``t2ijax sample --prompt="<the prompt>" --seed=<its seed>``
+  eval      run a benchmark (--benchmark=shapes|dpg) on the trained model: report, grid and images.npz in
+            --out; DPG-Bench is scored in-process only with --dpg_csv and --vqa=module:function
   prepare   build the dataset of config.data (TFDS ArrayRecord) ahead of training
   convert   export the trained model to upstream layouts (diffusers / Hugging Face folders) in --out
   demo      end to end on one machine: prepare, train, sample a grid, evaluate on Shapes
@@ -32,14 +35,21 @@ flags.DEFINE_bool("random_init", False, "`sample`: use a randomly initialised mo
 flags.DEFINE_bool("ema", True, "use the EMA params of the checkpoint when it has them")
 flags.DEFINE_integer("num_steps", 0, "sampler steps (0: config.sample.num_steps)")
 flags.DEFINE_float("guidance_scale", None, "classifier-free guidance scale (default: config.sample.guidance_scale)")
-flags.DEFINE_integer("seed", 0, "sampling seed")
+flags.DEFINE_integer("seed", 0, "sampling seed: `sample` gives image i seed S+i, `eval` gives image j of "
+                     "its prompt list (each prompt repeated --images_per_prompt times) seed S+j")
 flags.DEFINE_integer("stop_after", 0, "`train`: stop (with a checkpoint) at this step, as a preemption would")
-flags.DEFINE_string("benchmark", "shapes", "`eval`: shapes | dpg")
+flags.DEFINE_enum("benchmark", "shapes", ["shapes", "dpg"], "`eval`: the benchmark")
 flags.DEFINE_integer("num_prompts", 0, "`eval`: number of prompts (0: all)")
 flags.DEFINE_integer("images_per_prompt", 4, "`eval`: images per prompt")
 flags.DEFINE_enum("split", "test", ["test", "validation"], "`eval --benchmark=shapes`: prompts of this split "
                   "(validation: for tuning sampling settings without the test prompts)")
-flags.DEFINE_string("dpg_csv", None, "`eval --benchmark=dpg`: the official dpg_bench.csv (scored only with it)")
+flags.DEFINE_enum("judge", "programmatic", ["programmatic", "cnn"], "`eval --benchmark=shapes`: the Shapes judge "
+                  "(programmatic: t2ijax.eval.judge, the reported one; cnn: the independent second judge)")
+flags.DEFINE_string("dpg_csv", None, "`eval --benchmark=dpg`: the official dpg_bench.csv (scored only with it "
+                    "and --vqa)")
+flags.DEFINE_string("vqa", None, "`eval --benchmark=dpg`: module:function of a vqa(image, question) -> 'yes'|'no' "
+                    "callable (e.g. a mPLUG wrapper), importable from the working directory or PYTHONPATH; scores "
+                    "the grids in-process with --dpg_csv")
 FLAGS = flags.FLAGS
 
 
@@ -121,19 +131,14 @@ def _prompts() -> list[str]:
 
 
 def _sampler(config, workdir, random_init: bool):
-    """(sampler(prompts, seeds) -> uint8 images, method) over the loaded model."""
-    import jax
-
-    from t2ijax.train.sampling import load_for_inference
+    """`t2ijax.train.sampling.make_sampler` over the loaded model: sampler(prompts, seeds) -> uint8 images."""
+    from t2ijax.train.sampling import load_for_inference, make_sampler
     method, params, frozen, _ = load_for_inference(config, workdir, random_init=random_init, ema=FLAGS.ema)
-    if not callable(getattr(method, "sample", None)):
-        _usage_error(f"method {config.method!r} has no sample()")
-    kwargs = {"num_steps": FLAGS.num_steps or None, "guidance_scale": FLAGS.guidance_scale}
-
-    def sampler(prompts, seeds):
-        # One key per batch, derived from its first seed (the report records the seeds).
-        return method.sample(params, frozen, list(prompts), jax.random.PRNGKey(int(seeds[0])), **kwargs)
-    return sampler, method, params
+    try:
+        return make_sampler(method, params, frozen, num_steps=FLAGS.num_steps or None,
+                            guidance_scale=FLAGS.guidance_scale)
+    except ValueError as e:  # a method without sample()
+        _usage_error(f"method {config.method!r}: {e}")
 
 
 def cmd_train() -> None:
@@ -142,28 +147,74 @@ def cmd_train() -> None:
 
 
 def cmd_sample() -> str:
+    import json
+
     config = _config(required=False)
     prompts = _prompts()
-    sampler, _, _ = _sampler(config, None if FLAGS.random_init else _workdir(), FLAGS.random_init)
-    images = sampler(prompts, [FLAGS.seed])
+    sampler = _sampler(config, None if FLAGS.random_init else _workdir(), FLAGS.random_init)
+    seeds = [FLAGS.seed + i for i in range(len(prompts))]
+    images = sampler(prompts, seeds)
     grid = _import("t2ijax.eval.grid", "sample")
     out = FLAGS.out or os.path.join(FLAGS.workdir or ".", "samples.png")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    grid.save_grid(list(images), prompts, out, cols=min(4, len(prompts)))
-    print(f"[t2ijax] wrote {out} ({len(prompts)} images)")
+    grid.save_grid(list(images), [f"seed {s}: {p}" for p, s in zip(prompts, seeds)], out,
+                   cols=min(4, len(prompts)))
+    record = os.path.splitext(out)[0] + ".json"
+    with open(record, "w") as f:
+        json.dump({"images": [{"prompt": p, "seed": s} for p, s in zip(prompts, seeds)],
+                   "sampler": sampler.settings, "workdir": None if FLAGS.random_init else FLAGS.workdir,
+                   "random_init": FLAGS.random_init, "ema": FLAGS.ema}, f, indent=1)
+    print(f"[t2ijax] wrote {out} ({len(prompts)} images, image i with seed {FLAGS.seed}+i: "
+          f"seeds {seeds[0]}..{seeds[-1]}) and {record} (prompt and seed of each image)")
     return out
+
+
+def _dpg_inputs(evaluate_module):
+    """(vqa callable or None, csv path or None) from --vqa / --dpg_csv, checked before any model is loaded."""
+    if FLAGS.benchmark != "dpg":
+        if FLAGS.vqa or FLAGS.dpg_csv:
+            _usage_error("--vqa and --dpg_csv apply to --benchmark=dpg only (shapes is answered by the "
+                         "programmatic judge)")
+        return None, None
+    if FLAGS.judge != "programmatic":
+        _usage_error("--judge applies to --benchmark=shapes only (DPG-Bench is answered by --vqa)")
+    if FLAGS.dpg_csv:
+        try:
+            evaluate_module.check_dpg_csv(FLAGS.dpg_csv, flag="--dpg_csv")
+        except FileNotFoundError as e:
+            _usage_error(str(e))
+    if not FLAGS.vqa:
+        return None, FLAGS.dpg_csv
+    if os.getcwd() not in sys.path:  # module:function from the working directory, as `python -m` finds it
+        sys.path.insert(0, os.getcwd())
+    try:
+        return evaluate_module.load_vqa(FLAGS.vqa, flag="--vqa"), FLAGS.dpg_csv
+    except ValueError as e:
+        _usage_error(str(e))
+
+
+def _print_eval(results: dict, out: str) -> None:
+    if results.get("scored") is False:
+        print(f"[t2ijax] DPG-Bench not scored: {results['not_scored_because']}; wrote the grids and the report only.")
+        print("\n".join(f"[t2ijax]   {line}" for line in results["how_to_score"]))
+    else:
+        print(f"[t2ijax] {results['benchmark']} DPG score {results['dpg_score']:.2f} "
+              f"({results['num_prompts']} prompts, protocol {results['dpg_protocol']})")
+    print(f"[t2ijax] eval report in {out} (report.md, report.json, grid.png, images.npz)")
 
 
 def cmd_eval() -> dict:
     config = _config(required=False)
     workdir = _workdir()
-    evaluate = _import("t2ijax.eval.evaluate", "eval").evaluate
-    sampler, _, _ = _sampler(config, workdir, FLAGS.random_init)
+    evaluate_module = _import("t2ijax.eval.evaluate", "eval")
+    vqa, dpg_csv = _dpg_inputs(evaluate_module)
+    sampler = _sampler(config, workdir, FLAGS.random_init)
     out = FLAGS.out or os.path.join(workdir, "eval", FLAGS.benchmark)
-    results = evaluate(sampler, benchmark=FLAGS.benchmark, out_dir=out, data_config=config.data,
-                       num_prompts=FLAGS.num_prompts or None, images_per_prompt=FLAGS.images_per_prompt,
-                       seed=FLAGS.seed, dpg_csv=FLAGS.dpg_csv, split=FLAGS.split)
-    print(f"[t2ijax] eval report in {out}")
+    results = evaluate_module.evaluate(sampler, benchmark=FLAGS.benchmark, out_dir=out, data_config=config.data,
+                                       num_prompts=FLAGS.num_prompts or None,
+                                       images_per_prompt=FLAGS.images_per_prompt, seed=FLAGS.seed, dpg_csv=dpg_csv,
+                                       vqa=vqa, split=FLAGS.split, judge=FLAGS.judge)
+    _print_eval(results, out)
     return results
 
 

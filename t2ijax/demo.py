@@ -78,24 +78,6 @@ def _check(config) -> None:
                              f"{sizes[split]} (data.num_{'test' if split == 'test' else 'val'})")
 
 
-def make_samplers(method, params, frozen, *, num_steps: int | None = None, guidance_scale: float | None = None):
-    """(conditional, unconditional) samplers ``(prompts, seeds) -> uint8 images`` for `t2ijax.eval.evaluate`.
-
-    Both draw the initial noise of a batch from its first seed, so the two see the same noise.
-    """
-    import jax
-
-    def conditional(prompts, seeds):
-        return method.sample(params, frozen, list(prompts), jax.random.PRNGKey(int(seeds[0])),
-                             num_steps=num_steps, guidance_scale=guidance_scale)
-
-    def unconditional(prompts, seeds):
-        return method.sample(params, frozen, [""] * len(prompts), jax.random.PRNGKey(int(seeds[0])),
-                             num_steps=num_steps, guidance_scale=1.0)
-
-    return conditional, unconditional
-
-
 def _to_json(value):
     """numpy scalars / arrays in the results -> plain JSON values."""
     return value.tolist() if hasattr(value, "tolist") else str(value)
@@ -115,6 +97,7 @@ def _split_summary(cond, uncond) -> dict:
         "conditional_dpg_score": cond["dpg_score"],
         "unconditional_dpg_score": uncond["dpg_score"],
         "score_gap": cond["dpg_score"] - uncond["dpg_score"],
+        "oracle_floors": cond["oracle_floors"],
         "num_prompts": cond["num_prompts"],
         "dpg_l1": {"conditional": cond["dpg_l1"], "unconditional": uncond["dpg_l1"]},
         "compbench": {"conditional": cond["compbench"], "unconditional": uncond["compbench"]},
@@ -149,13 +132,18 @@ def _markdown(s: dict) -> str:
         "# t2ijax CPU demo: text-conditioned U-Net on Shapes 32x32", "",
         f"Prompts never seen in training, {s['images_per_prompt']} images each, scored with the DPG-style Shapes "
         f"benchmark answered by the programmatic judge.", "",
-        "| prompts | conditional (guidance {:g}) | unconditional baseline |".format(s["guidance_scale"]),
-        "|---|---|---|",
+        "| prompts | conditional (guidance {:g}) | unconditional baseline | floor: swapped shapes | "
+        "floor: palette image |".format(s["guidance_scale"]),
+        "|---|---|---|---|---|",
     ]
     lines += [f"| {SPLIT_TITLES[name]}, {r['num_prompts']} prompts | {r['conditional_dpg_score']:.2f} | "
-              f"{r['unconditional_dpg_score']:.2f} |" for name, r in s["splits"].items()]
+              f"{r['unconditional_dpg_score']:.2f} | {r['oracle_floors']['swapped']:.2f} | "
+              f"{r['oracle_floors']['palette']:.2f} |" for name, r in s["splits"].items()]
     lines += [
         "", f"Unconditional baseline: {s['unconditional']}.", "",
+        "Floors: what a perfect judge gives images that draw every object with the wrong shape (swapped) or one "
+        "fixed image of six small objects in the six colours for every prompt (palette): a prompt-ignoring "
+        "model can reach these without any judge error.", "",
         f"Training: {s['train_steps']} steps at batch {s['batch_size']}; sampling: {s['sampler']}. "
         f"The grid shows the {s['split']} split.", "",
         "| stage | seconds |", "|---|---|",
@@ -181,7 +169,7 @@ def run_demo(config, workdir: str | None = None) -> dict:
     from t2ijax.data.tfds_builders import prepare
     from t2ijax.eval.evaluate import evaluate
     from t2ijax.train.loop import train
-    from t2ijax.train.sampling import load_for_inference
+    from t2ijax.train.sampling import load_for_inference, make_sampler
 
     workdir = workdir or DEFAULT_WORKDIR
     _check(config)
@@ -202,7 +190,8 @@ def run_demo(config, workdir: str | None = None) -> dict:
     timings["train (incl. compile)"] = time.perf_counter() - t0
 
     method, params, frozen, _ = load_for_inference(config, workdir, ema=True)
-    conditional, unconditional = make_samplers(method, params, frozen)
+    conditional = make_sampler(method, params, frozen)
+    unconditional = make_sampler(method, params, frozen, unconditional=True)  # same seeds, hence same noise
     splits = {}
     for split in d.splits:
         print(f"[t2ijax demo] 3/4 sampling {d.num_prompts} {split}-split prompts x {d.images_per_prompt} images, "

@@ -37,8 +37,11 @@ def test_scene_invariants(examples):
             assert np.all(ex.image[background] == shapes.BACKGROUND_RGB)
             # unique (colour, shape) per scene; relations agree with the geometry
             assert len({(o.colour, o.shape) for o in scene.objects}) == n
-            for a, rel, b in scene.relations:
-                assert shapes.relation_holds(scene.objects[a].centre, scene.objects[b].centre, rel)
+            for a, rel, b in scene.relations:  # the dominant-axis rule, checked independently of spatial_relation
+                (ax, ay), (bx, by) = scene.objects[a].centre, scene.objects[b].centre
+                horizontal = abs(ax - bx) >= abs(ay - by)
+                assert rel == (("left of" if ax < bx else "right of") if horizontal else
+                               ("above" if ay < by else "below"))
             assert sum(scene.counts().values()) == n
 
 

@@ -4,10 +4,12 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from t2ijax import demo
+from t2ijax.eval.evaluate import load_generated
 from t2ijax.config_utils import load_config
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo_shapes.py")
@@ -49,8 +51,15 @@ def test_demo_writes_grid_and_report_with_both_scores(tiny_run):
         assert f"{r['num_prompts']} prompts | {r['conditional_dpg_score']:.2f} | {r['unconditional_dpg_score']:.2f} |" \
             in markdown
         for kind in ("conditional", "unconditional"):
-            for name in ("report.json", "report.md", "grid.png"):
+            for name in ("report.json", "report.md", "grid.png", "images.npz"):
                 assert os.path.exists(os.path.join(workdir, "eval", split, kind, name)), (split, kind, name)
+        # the unconditional baseline: same seeds (hence same initial noise), empty caption, guidance 1
+        cond, uncond = (load_generated(os.path.join(workdir, "eval", split, kind))
+                        for kind in ("conditional", "unconditional"))
+        assert np.array_equal(cond["seeds"], uncond["seeds"]) and cond["prompts"] == uncond["prompts"]
+        with open(os.path.join(workdir, "eval", split, "unconditional", "report.json")) as f:
+            assert json.load(f)["sampler"] == {"num_steps": config.sample.num_steps, "guidance_scale": 1.0,
+                                               "unconditional": True}
     print(f"tiny demo: conditional {report['conditional_dpg_score']:.2f} "
           f"unconditional {report['unconditional_dpg_score']:.2f} seconds {report['seconds']}")
 

@@ -65,7 +65,7 @@ def test_samples_from_the_checkpoint(trained):
 
     config, _, _, workdir, _ = trained
     method, params, frozen, _ = load_for_inference(config, workdir)
-    images = method.sample(params, frozen, ["a red circle", "two blue squares"], jax.random.PRNGKey(0), num_steps=2)
+    images = method.sample(params, frozen, ["a red circle", "two blue squares"], seeds=[0, 1], num_steps=2)
     assert images.shape == (2, 16, 16, 3) and images.dtype == np.uint8
     assert images.std() > 0
 

@@ -123,8 +123,8 @@ def test_shapes_question_graph_and_judge_vqa():
     pq = dpg.shapes_questions(ex.scene.to_graph(), item_id="s2", prompt=ex.captions["dense"])
     ids = {q.proposition_id for q in pq.questions}
     assert all(d == 0 or d in ids for q in pq.questions for d in q.dependencies)
-    assert {q.category for q in pq.questions} >= {"entity-whole", "attribute-color", "attribute-shape",
-                                                  "attribute-size", "other-count"}
+    assert {q.category for q in pq.questions} >= {"entity-whole", "attribute-color", "attribute-size",
+                                                  "other-count"}
     vqa = JudgeVQA([q.query for q in pq.questions])
     right = dpg.score_tiles([ex.image] * 4, pq, vqa, dpg.DPGOptions.official())
     other = shapes.make_example(0, "test", 5, 32)

@@ -13,7 +13,7 @@ from t2ijax.data.pipeline import default_data_config
 from t2ijax.eval import dpg
 from t2ijax.eval.clip_score import clip_score, clip_score_from_embeddings
 from t2ijax.eval.compbench import compbench_scores
-from t2ijax.eval.evaluate import evaluate
+from t2ijax.eval.evaluate import evaluate, load_generated
 from t2ijax.eval.fid import feature_statistics, fid, frechet_distance
 from t2ijax.eval.grid import save_grid
 from t2ijax.eval.report import write_report
@@ -87,7 +87,7 @@ def test_compbench_categories():
         recoloured.append([img])
     broken = compbench_scores(graphs, recoloured)
     print("\nCompBench on recoloured renders:", {k: round(v["question"], 1) for k, v in broken.items()})
-    assert broken["count"]["question"] == 100.0 and broken["colour"]["question"] < 50.0
+    assert broken["count"]["question"] == 100.0 and broken["binding"]["question"] < 50.0
 
 
 def test_report_and_grid(tmp_path):
@@ -129,8 +129,42 @@ def test_evaluate_shapes_end_to_end(tmp_path):
     assert all(v["question"] == 100.0 for v in good["compbench"].values() if v["num_questions"])
     assert good["per_prompt"]["0"]["seeds"] == [0, 1, 2, 3]
     assert calls == [5] * 5  # 24 images in full batches of 5, the last one padded
-    for name in ("report.json", "report.md", "grid.png"):
+    for name in ("report.json", "report.md", "grid.png", "images.npz"):
         assert os.path.exists(tmp_path / "good" / name)
+    # what rebuilds the scenes and the images is recorded; the images are saved for re-judging
+    report = json.load(open(tmp_path / "good" / "report.json"))
+    assert report["split"] == "test" and report["seed"] == 0
+    assert report["data"] == {"seed": 5, "resolution": 32, "caption": "dense"}
+    assert report["dpg_protocol"].startswith("fixed") and report["dpg_options"]["last_tile_categories"] is False
+    generated = load_generated(str(tmp_path / "good"))
+    assert generated["images"].shape == (6, 4, 32, 32, 3) and generated["images"].dtype == np.uint8
+    assert generated["seeds"].dtype == np.int64 and generated["seeds"][1].tolist() == [4, 5, 6, 7]
+    assert generated["prompts"] == [shapes.make_example(5, "test", i, 32).captions["dense"] for i in range(6)]
+    np.testing.assert_array_equal(generated["images"][2, 1], renders[generated["prompts"][2]])
+
+
+def test_shapes_category_scores_use_every_image(tmp_path):
+    """Shapes defaults to DPGOptions.fixed(): category scores pool all 4 images of a prompt, where the official
+    DPG-Bench quirk takes the last image only."""
+    cfg = default_data_config(num_test=3, seed=5, caption="dense")
+    examples = [shapes.make_example(5, "test", i, 32) for i in range(3)]
+    renders = {ex.captions["dense"]: ex.image for ex in examples}
+    blank = np.full((32, 32, 3), 255, np.uint8)
+
+    def last_image_blank(prompts, seeds):  # image k of a prompt has seed 4p + k
+        return np.stack([blank if s % 4 == 3 else renders[p] for p, s in zip(prompts, seeds)])
+
+    def run(name, sampler, **kw):
+        return evaluate(sampler, benchmark="shapes", out_dir=str(tmp_path / name), data_config=cfg, **kw)
+
+    good = run("good", lambda prompts, seeds: np.stack([renders[p] for p in prompts]))
+    bad = run("bad", lambda prompts, seeds: np.stack([blank] * len(prompts)))
+    mixed = run("mixed", last_image_blank)
+    official = run("official", last_image_blank, dpg_options=dpg.DPGOptions.official())
+    assert official["dpg_protocol"].startswith("official")
+    for category in good["dpg_l2"]:
+        assert mixed["dpg_l2"][category] == pytest.approx((3 * good["dpg_l2"][category] + bad["dpg_l2"][category]) / 4)
+        assert official["dpg_l2"][category] == pytest.approx(bad["dpg_l2"][category])
 
 
 def test_evaluate_shapes_validation_split_for_tuning(tmp_path):
@@ -148,11 +182,19 @@ def test_evaluate_shapes_validation_split_for_tuning(tmp_path):
         evaluate(oracle, benchmark="shapes", out_dir=str(tmp_path / "x"), data_config=cfg, num_prompts=3)
 
 
-def test_evaluate_dpg_prompts(tmp_path):
+def test_evaluate_dpg_prompts(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     sampler = lambda prompts, seeds: rng.integers(0, 256, (len(prompts), 16, 16, 3), dtype=np.uint8)  # noqa: E731
     out = evaluate(sampler, benchmark="dpg", out_dir=str(tmp_path / "a"), num_prompts=3)
     assert out["scored"] is False and len(os.listdir(out["grid_dir"])) == 3
+    # without the CSV and a VQA the report says so, and how to score the grids
+    assert "no question CSV" in out["not_scored_because"] and "no VQA function" in out["not_scored_because"]
+    assert any("compute_dpg_bench.py" in line and "--pic-num 4" in line and "--resolution 16" in line
+               for line in out["how_to_score"])
+    markdown = open(out["report"]["markdown"]).read()
+    assert "## Not scored" in markdown and "--vqa=" in markdown
+    assert json.load(open(out["report"]["json"]))["scored"] is False
+    assert load_generated(str(tmp_path / "a"))["images"].shape == (3, 4, 16, 16, 3)
     ids = [p["id"] for p in dpg.load_prompts()[:3]]
     assert Image.open(os.path.join(out["grid_dir"], f"{ids[0]}.png")).size == (32, 32)
     csv_path = tmp_path / "dpg_bench.csv"
@@ -162,11 +204,27 @@ def test_evaluate_dpg_prompts(tmp_path):
         for item in ids:
             for pid in (1, 2):
                 w.writerow([item, "p", "k", pid, "0", "entity", "entity - whole", "entity - whole (x)", f"q{pid} {item}?"])
-    answers = lambda tile, q: "yes" if q.startswith("q1") else "no"  # noqa: E731
+    # the VQA named as module:function, as --vqa does
+    (tmp_path / "scripted_vqa.py").write_text(
+        "def answer(tile, q):\n    return 'yes' if q.startswith('q1') else 'no'\n\nNOT_CALLABLE = 3\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
     scored = evaluate(sampler, benchmark="dpg", out_dir=str(tmp_path / "b"), num_prompts=3, dpg_csv=str(csv_path),
-                      vqa=answers)
+                      vqa="scripted_vqa:answer")
     # official: the first prompt lost its first question (quirk 2) -> 0/1; the others 1/2
     assert scored["scored"] is True and scored["dpg_score"] == pytest.approx(100 * (0 + 0.5 + 0.5) / 3)
+    assert scored["dpg_protocol"].startswith("official") and scored["vqa"] == "scripted_vqa:answer"
+    # bad inputs fail before anything is sampled
+    never = lambda prompts, seeds: pytest.fail("sampled before checking the inputs")  # noqa: E731
+    for vqa, message in (("scripted_vqa", "expected module:function"), ("no_such_module:f", "cannot import"),
+                         ("scripted_vqa:missing", "has no attribute 'missing'"),
+                         ("scripted_vqa:NOT_CALLABLE", "not a callable")):
+        with pytest.raises(ValueError, match=message):
+            evaluate(never, benchmark="dpg", out_dir=str(tmp_path / "c"), dpg_csv=str(csv_path), vqa=vqa)
+    with pytest.raises(FileNotFoundError, match="dpg_csv=.*no such file"):
+        evaluate(never, benchmark="dpg", out_dir=str(tmp_path / "c"), dpg_csv=str(tmp_path / "nope.csv"),
+                 vqa="scripted_vqa:answer")
+    with pytest.raises(ValueError, match="apply to benchmark='dpg'"):
+        evaluate(never, benchmark="shapes", out_dir=str(tmp_path / "c"), vqa="scripted_vqa:answer")
 
 
 def test_clip_score_parity_with_transformers(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 
 from t2ijax.config_utils import import_sibling, load_config
 from t2ijax.train import loop
-from t2ijax.train.sampling import load_for_inference
+from t2ijax.train.sampling import load_for_inference, regenerated_matches
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 common = import_sibling(os.path.join(REPO, "configs", "common.py"), "common")
@@ -51,8 +51,14 @@ def test_txt2img_trains(run):
 def test_txt2img_samples_from_checkpoint(run):
     config, workdir, _ = run
     method, params, frozen, _ = load_for_inference(config, workdir)
-    images = method.sample(params, frozen, ["a red circle", "two blue squares"], jax.random.PRNGKey(0), num_steps=2)
+    images = method.sample(params, frozen, ["a red circle", "two blue squares"], seeds=[7, 8], num_steps=2)
     assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8
+    # each image is a function of its prompt and seed only: regenerated alone, it is the same image
+    alone = method.sample(params, frozen, ["two blue squares"], seeds=[8], num_steps=2)
+    print(f"regenerated alone: max |diff| {np.abs(alone[0].astype(int) - images[1]).max()}")
+    assert regenerated_matches(images[1], alone[0])
+    one_key = method.sample(params, frozen, ["a red circle"], jax.random.PRNGKey(0), num_steps=2)  # legacy form
+    assert one_key.shape == (1, 32, 32, 3)
 
 
 def test_txt2img_config_errors():

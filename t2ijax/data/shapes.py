@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Sequence
 
 import numpy as np
@@ -138,19 +139,33 @@ def side_length(size: str, resolution: int) -> int:
     return max(3, int(round(SIZE_FRACTION[size] * resolution)))
 
 
-def spatial_relation(a: ShapeObject, b: ShapeObject) -> str:
-    """The relation of `a` to `b` along the axis with the larger centre displacement."""
-    (ax, ay), (bx, by) = a.centre, b.centre
+def spatial_relation(a_centre, b_centre) -> str:
+    """The relation of a point `a_centre` (x, y) to `b_centre`, image y pointing down, along the axis of the
+    larger centre displacement (ties go to the horizontal axis).
+
+    The one rule of the dataset: captions state it and the judges check it.
+    """
+    (ax, ay), (bx, by) = a_centre, b_centre
     dx, dy = ax - bx, ay - by
     if abs(dx) >= abs(dy):
         return "left of" if dx < 0 else "right of"
     return "above" if dy < 0 else "below"
 
 
-def relation_holds(a_centre, b_centre, relation: str) -> bool:
-    """Whether `relation` holds between two centres (x, y), image y pointing down."""
+def relation_holds(a_centre, b_centre, relation: str, tolerance: float = 0.0) -> bool:
+    """Whether `relation` is what `spatial_relation` says of the two centres, or, when the displacement is
+    within `tolerance` of the diagonal (| |dx| - |dy| | <= tolerance * (|dx| + |dy|)), what it says with the
+    tie broken towards the other axis. tolerance=0 is the captions' rule exactly; a judge of drawn images,
+    whose centres are estimates, allows a small one."""
+    if relation not in INVERSE_RELATION:
+        raise ValueError(f"unknown relation {relation!r}; expected one of {RELATIONS}")
+    if relation == spatial_relation(a_centre, b_centre):
+        return True
     (ax, ay), (bx, by) = a_centre, b_centre
-    return {"left of": ax < bx, "right of": ax > bx, "above": ay < by, "below": ay > by}[relation]
+    dx, dy = ax - bx, ay - by
+    if abs(abs(dx) - abs(dy)) > tolerance * (abs(dx) + abs(dy)):
+        return False
+    return {"left of": dx < 0, "right of": dx > 0, "above": dy < 0, "below": dy > 0}[relation]
 
 
 def allowed_pairs(split: str) -> list[tuple[str, str]]:
@@ -181,7 +196,7 @@ def sample_scene(seed: int, split: str, index: int, resolution: int) -> Scene:
         if boxes is not None:
             break
     objects = tuple(ShapeObject(s, c, z, b) for (c, s), z, b in zip(chosen, sizes, boxes))
-    relations = tuple((i, spatial_relation(objects[i], objects[i + 1]), i + 1) for i in range(n - 1))
+    relations = tuple((i, spatial_relation(objects[i].centre, objects[i + 1].centre), i + 1) for i in range(n - 1))
     return Scene(resolution, objects, relations)
 
 
@@ -204,20 +219,96 @@ def _separated(a, b, gap) -> bool:
     return a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
 
 
-def object_mask(obj: ShapeObject, resolution: int) -> np.ndarray:
-    """(H, W) bool mask of one object, evaluated at pixel centres."""
-    x0, y0, x1, y1 = obj.box
-    side = x1 - x0
-    py, px = np.mgrid[0:resolution, 0:resolution].astype(np.float32) + 0.5
-    cx, cy = obj.centre
+def sample_points(height: int, width: int, *, origin=(0, 0), supersample: int = 1):
+    """(py, px): the sample points of a window, `supersample` x `supersample` per pixel, as broadcastable
+    (height * supersample, 1) and (1, width * supersample) float32 arrays in image pixel units; `origin` =
+    (x, y) is the window's top-left pixel. With supersample=1 the points are the pixel centres."""
+    offsets = (np.arange(supersample, dtype=np.float32) + 0.5) / supersample
+    py = (np.arange(height, dtype=np.float32)[:, None] + origin[1] + offsets[None, :]).reshape(-1, 1)
+    px = (np.arange(width, dtype=np.float32)[:, None] + origin[0] + offsets[None, :]).reshape(1, -1)
+    return py, px
+
+
+def pixel_fraction(inside: np.ndarray, supersample: int) -> np.ndarray:
+    """Per-pixel fraction of True samples of a sample-point mask from `sample_points`."""
+    h, w = inside.shape[0] // supersample, inside.shape[1] // supersample
+    return inside.reshape(h, supersample, w, supersample).mean(axis=(1, 3), dtype=np.float32)
+
+
+def shape_inside(shape: str, box, py, px) -> np.ndarray:
+    """Which points (py, px) lie inside `shape` drawn in `box` = (x0, y0, x1, y1) (floats allowed).
+
+    square fills the box; circle is the ellipse inscribed in it (a circle in a square box); triangle has its
+    apex at the top centre and its base on the bottom edge.
+    """
+    x0, y0, x1, y1 = (float(v) for v in box)
+    w, h = x1 - x0, y1 - y0
+    if w <= 0 or h <= 0:
+        raise ValueError(f"empty box {box}")
+    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
     inside_box = (px >= x0) & (px < x1) & (py >= y0) & (py < y1)
-    if obj.shape == "square":
+    if shape == "square":
         return inside_box
-    if obj.shape == "circle":
-        return (px - cx) ** 2 + (py - cy) ** 2 <= (side / 2.0) ** 2
-    if obj.shape == "triangle":  # apex up, base on the bottom edge of the box
-        return inside_box & (np.abs(px - cx) <= (py - y0) / 2.0)
-    raise ValueError(f"unknown shape {obj.shape!r}")
+    if shape == "circle":
+        return (px - cx) ** 2 + ((py - cy) * (w / h)) ** 2 <= (w / 2.0) ** 2
+    if shape == "triangle":
+        return inside_box & (np.abs(px - cx) <= (py - y0) * w / (2.0 * h))
+    raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+
+
+def superellipse_inside(box, exponent: float, py, px) -> np.ndarray:
+    """Which points (py, px) lie inside the axis-aligned superellipse |x/a|^n + |y/b|^n <= 1 inscribed in
+    `box` = (x0, y0, x1, y1) (a, b its half sides; n = `exponent`, 2 the ellipse, inf the box itself)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"empty box {box}")
+    u = np.abs(px - (x0 + x1) / 2) / ((x1 - x0) / 2)
+    v = np.abs(py - (y0 + y1) / 2) / ((y1 - y0) / 2)
+    if math.isinf(exponent):
+        return np.maximum(u, v) <= 1.0
+    if exponent <= 0:
+        raise ValueError(f"superellipse exponent {exponent} must be > 0")
+    with np.errstate(over="ignore"):
+        return u ** exponent + v ** exponent <= 1.0
+
+
+def _segment_distance(py, px, a, b) -> np.ndarray:
+    (ax, ay), (bx, by) = a, b
+    dx, dy = bx - ax, by - ay
+    t = np.clip(((px - ax) * dx + (py - ay) * dy) / (dx * dx + dy * dy), 0.0, 1.0)
+    return np.hypot(px - ax - t * dx, py - ay - t * dy)
+
+
+def rounded_triangle_inside(box, radius: float, py, px) -> np.ndarray:
+    """Which points lie inside the apex-up triangle of `box` (`shapes.shape_inside`) with its corners rounded
+    by `radius` pixels: the triangle shrunk towards its incentre until its sides are `radius` inside the
+    original ones, dilated by a disc of `radius` (the straight parts of the sides stay where they were)."""
+    if radius <= 0:
+        return shape_inside("triangle", box, py, px)
+    x0, y0, x1, y1 = (float(v) for v in box)
+    w, h = x1 - x0, y1 - y0
+    leg = math.hypot(w / 2, h)
+    inradius = w * h / (w + 2 * leg)
+    radius = min(radius, 0.9 * inradius)
+    ix, iy = (w * (x0 + x1) / 2 + leg * x0 + leg * x1) / (w + 2 * leg), (w * y0 + 2 * leg * y1) / (w + 2 * leg)
+    t = (inradius - radius) / inradius
+    inner = (ix + t * (x0 - ix), iy + t * (y0 - iy), ix + t * (x1 - ix), iy + t * (y1 - iy))
+    apex, left, right = ((inner[0] + inner[2]) / 2, inner[1]), (inner[0], inner[3]), (inner[2], inner[3])
+    near = np.minimum(np.minimum(_segment_distance(py, px, apex, left), _segment_distance(py, px, left, right)),
+                      _segment_distance(py, px, right, apex))
+    return shape_inside("triangle", inner, py, px) | (near <= radius)
+
+
+def shape_coverage(shape: str, box, height: int, width: int, *, origin=(0, 0), supersample: int = 1) -> np.ndarray:
+    """(height, width) float32: the fraction of each pixel's sample points inside `shape` in `box` (see
+    `sample_points` and `shape_inside`); supersample=1 gives the dataset's hard edges, larger values anti-alias."""
+    py, px = sample_points(height, width, origin=origin, supersample=supersample)
+    return pixel_fraction(shape_inside(shape, box, py, px), supersample)
+
+
+def object_mask(obj: ShapeObject, resolution: int) -> np.ndarray:
+    """(H, W) bool mask of one object, evaluated at pixel centres (the hard-edged render)."""
+    return shape_coverage(obj.shape, obj.box, resolution, resolution) > 0.5
 
 
 def render(scene: Scene) -> tuple[np.ndarray, np.ndarray]:

@@ -2,12 +2,12 @@
 
 T2I-CompBench (Huang et al., 2023) scores attribute binding (colour, shape),
 spatial relations and numeracy with per-category detectors / VQA. On Shapes the
-judge plays that role exactly. Categories map to the Shapes question graph
+judge plays that role. Categories map to the Shapes question graph
 (`t2ijax.eval.dpg.shapes_questions`):
 
-  colour   attribute-color questions   ("Is the circle red?")
-  shape    attribute-shape questions   ("Is the red object a circle?")
-  size     attribute-size questions
+  entity   entity-whole questions      ("Is there a circle?")
+  binding  attribute-color questions   ("Is the circle red?": the colour-shape binding of one object)
+  size     attribute-size questions    ("Is the red circle large?")
   spatial  relation-spatial questions
   count    other-count questions
 
@@ -27,19 +27,21 @@ from t2ijax.eval import judge as judge_lib
 from t2ijax.eval.dpg import shapes_questions
 
 CATEGORIES = {
-    "colour": "attribute-color",
-    "shape": "attribute-shape",
+    "entity": "entity-whole",
+    "binding": "attribute-color",
     "size": "attribute-size",
     "spatial": "relation-spatial",
     "count": "other-count",
 }
 
 
-def compbench_scores(scene_graphs, images_per_scene, **detect_kwargs) -> dict:
+def compbench_scores(scene_graphs, images_per_scene, detector=judge_lib.detect) -> dict:
     """Per-category accuracy (in %) for generated images of Shapes scenes.
 
     scene_graphs: list of scene-graph dicts (the prompts' ground truth).
-    images_per_scene: list (same length) of lists of images (uint8 or [-1, 1] float, (H, W, 3)).
+    images_per_scene: list (same length) of lists of images (uint8 or [-1, 1] float, (H, W, 3)), or of what
+        `detector` takes (e.g. detections already made: pass detector=lambda d: d).
+    detector: image -> list of `judge.Detection` (the programmatic judge by default).
     """
     if len(scene_graphs) != len(images_per_scene):
         raise ValueError(f"{len(scene_graphs)} scene graphs but {len(images_per_scene)} image lists")
@@ -48,7 +50,8 @@ def compbench_scores(scene_graphs, images_per_scene, **detect_kwargs) -> dict:
     for graph, images in zip(scene_graphs, images_per_scene):
         questions = shapes_questions(graph).questions
         for image in images:
-            answers = judge_lib.judge(image, [q.query for q in questions], **detect_kwargs)
+            detections = detector(image)
+            answers = [judge_lib.answer(q.query, detections) for q in questions]
             for name, category in CATEGORIES.items():
                 hits = [a for q, a in zip(questions, answers) if q.category == category]
                 if hits:

@@ -310,14 +310,18 @@ def score_folder(image_dir: str, questions: Mapping[str, PromptQuestions], vqa: 
 
 
 def shapes_questions(scene_graph: dict, item_id: str = "", prompt: str = "") -> PromptQuestions:
-    """DSG questions (with dependencies and structured `query` for the judge) for a Shapes scene graph.
+    """DSG questions (with dependencies and structured `query` for the judges) for a Shapes scene graph.
 
-    entity-whole     "Is there a circle?" per distinct shape
-    attribute-color  "Is the circle red?"          parent: its entity
-    attribute-shape  "Is the red object a circle?" parent: its entity
-    attribute-size   "Is the red circle large?"    parents: its colour and shape questions
-    relation-spatial "Is the red circle to the left of the blue square?"  parents: both objects' colour questions
-    other-count      "Are there exactly two circles?" per shape (parent: its entity) and the total count
+    entity-whole     "Is there a circle?"           one per distinct shape; no parent
+    attribute-color  "Is the circle red?"           one per object: its colour-shape binding, asked once;
+                                                    parent: its shape's entity
+    attribute-size   "Is the red circle large?"     parent: its binding
+    relation-spatial "Is the red circle to the left of the blue square?"   parents: both bindings
+    other-count      "Are there exactly two circles?" per shape present (parent: its entity), and
+                     "Are there exactly three objects?" (no parent)
+
+    A scene has distinct (colour, shape) pairs, so each binding names one object. A scene of n objects with d
+    distinct shapes asks 2d + 3n questions (d entities, n bindings, n sizes, n - 1 relations, d + 1 counts).
     """
     from t2ijax.eval.judge import question_text
 
@@ -333,19 +337,18 @@ def shapes_questions(scene_graph: dict, item_id: str = "", prompt: str = "") -> 
     for o in objects:
         if o["shape"] not in entity:
             entity[o["shape"]] = add("entity-whole", {"type": "exists", "ref": {"shape": o["shape"]}})
-    colour_q, shape_q = {}, {}
+    binding = {}
     for o in objects:
-        e = entity[o["shape"]]
-        colour_q[o["id"]] = add("attribute-color", {"type": "colour", "ref": {"shape": o["shape"]}, "value": o["colour"]}, (e,))
-        shape_q[o["id"]] = add("attribute-shape", {"type": "shape", "ref": {"colour": o["colour"]}, "value": o["shape"]}, (e,))
+        binding[o["id"]] = add("attribute-color", {"type": "colour", "ref": {"shape": o["shape"]}, "value": o["colour"]},
+                               (entity[o["shape"]],))
         add("attribute-size", {"type": "size", "ref": {"colour": o["colour"], "shape": o["shape"]}, "value": o["size"]},
-            (colour_q[o["id"]], shape_q[o["id"]]))
+            (binding[o["id"]],))
     by_id = {o["id"]: o for o in objects}
     for rel in scene_graph["relations"]:
         a, b = by_id[rel["subject"]], by_id[rel["object"]]
         add("relation-spatial", {"type": "relation", "ref": {"colour": a["colour"], "shape": a["shape"]},
                                  "relation": rel["relation"], "ref2": {"colour": b["colour"], "shape": b["shape"]}},
-            (colour_q[a["id"]], colour_q[b["id"]]))
+            (binding[a["id"]], binding[b["id"]]))
     for shape, count in scene_graph["counts"].items():
         if count:
             add("other-count", {"type": "count", "ref": {"shape": shape}, "value": count}, (entity[shape],))

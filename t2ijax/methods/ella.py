@@ -53,6 +53,7 @@ import numpy as np
 
 from t2ijax import diffusion
 from t2ijax.models.ella import ELLA, ella_denoise
+from t2ijax.train.sampling import initial_noise
 
 TEXT_MODES = ("fixed", "flexible")
 
@@ -394,9 +395,12 @@ class ELLAMethod:
         return ella_denoise(self._unet_apply, params["unet"], self.tsc, params["tsc"], x, t, cond["features"],
                             self._tsc_mask(cond["mask"]))
 
-    def sample(self, params, frozen, prompts, rng, *, num_steps: int | None = None,
+    def sample(self, params, frozen, prompts, rng=None, *, seeds=None, num_steps: int | None = None,
                guidance_scale: float | None = None) -> np.ndarray:
-        """uint8 images (N, H, W, 3) with DDIM and CFG against the TSC of T5("")."""
+        """uint8 images (N, H, W, 3) with deterministic DDIM and CFG against the TSC of T5("").
+
+        The initial noise comes from `seeds` (one per prompt; image i is a function of prompt i and seed i
+        only) or from one key `rng` for the batch (`t2ijax.train.sampling.initial_noise`)."""
         if not prompts:
             raise ValueError("sample needs at least one prompt")
         n = len(prompts)
@@ -407,7 +411,7 @@ class ELLAMethod:
                   "mask": jnp.broadcast_to(frozen["empty_mask"][None], mask.shape)}
         sampler = diffusion.DDIM(schedule=self.schedule, prediction_type=self.prediction_type,
                                  timestep_spacing="trailing", clip_sample=self.clip_sample)
-        x_T = jax.random.normal(rng, (n, self.sample_size, self.sample_size, self.unet.in_channels))
+        x_T = initial_noise(n, (self.sample_size, self.sample_size, self.unet.in_channels), seeds=seeds, rng=rng)
         x0 = diffusion.sample(self._denoise, {"unet": frozen["unet"], "tsc": params}, sampler, x_T, cond,
                               num_steps=int(num_steps or self.sample_steps), uncond=uncond,
                               guidance_scale=float(self.guidance_scale if guidance_scale is None else guidance_scale))

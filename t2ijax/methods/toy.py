@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from t2ijax.models import layers
+from t2ijax.train.sampling import initial_noise
 
 
 class ToyDenoiser(nn.Module):
@@ -85,11 +86,13 @@ class ToyMethod:
             ids[i, :len(words[:self.max_length])] = words[:self.max_length]
         return ids, (ids > 0).astype(np.int32)
 
-    def sample(self, params, frozen, prompts, rng, *, num_steps: int | None = None, guidance_scale=None):
-        """Deterministic DDIM on the cosine schedule (no guidance): uint8 images (N, r, r, 3)."""
+    def sample(self, params, frozen, prompts, rng=None, *, seeds=None, num_steps: int | None = None,
+               guidance_scale=None):
+        """Deterministic DDIM on the cosine schedule (no guidance): uint8 images (N, r, r, 3), the initial
+        noise from `seeds` (one per prompt) or one key `rng` (`t2ijax.train.sampling.initial_noise`)."""
         ids, mask = self.tokenize(prompts)
         steps = int(num_steps or 10)
-        x = jax.random.normal(rng, (len(prompts), self.pixels))
+        x = initial_noise(len(prompts), (self.pixels,), seeds=seeds, rng=rng)
         x = _ddim(self.module, params, x, jnp.asarray(ids), jnp.asarray(mask), steps)
         r = int(round((self.pixels // 3) ** 0.5))
         return np.asarray(jnp.clip((x + 1) * 127.5, 0, 255).round().astype(jnp.uint8)).reshape(-1, r, r, 3)

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from t2ijax import diffusion
+from t2ijax.train.sampling import initial_noise
 
 
 class Txt2ImgMethod:
@@ -118,9 +119,12 @@ class Txt2ImgMethod:
     def _denoise(self, unet_params, x, t, context):
         return self.unet.apply({"params": unet_params}, x, t, context)
 
-    def sample(self, params, frozen, prompts, rng, *, num_steps: int | None = None,
+    def sample(self, params, frozen, prompts, rng=None, *, seeds=None, num_steps: int | None = None,
                guidance_scale: float | None = None) -> np.ndarray:
-        """uint8 images (N, H, W, 3) for `prompts` with DDIM and classifier-free guidance."""
+        """uint8 images (N, H, W, 3) for `prompts` with deterministic DDIM and classifier-free guidance.
+
+        The initial noise comes from `seeds` (one per prompt; image i is a function of prompt i and seed i
+        only) or from one key `rng` for the batch (`t2ijax.train.sampling.initial_noise`)."""
         if not prompts:
             raise ValueError("sample needs at least one prompt")
         tok = self._tokenize(self.tokenizer, list(prompts), self.max_length)
@@ -131,7 +135,7 @@ class Txt2ImgMethod:
                                   jnp.asarray(np.repeat(self.empty_mask[None], n, 0)))
         sampler = diffusion.DDIM(schedule=self.schedule, prediction_type=self.prediction_type,
                                  timestep_spacing="trailing", clip_sample=self.clip_sample)
-        x_T = jax.random.normal(rng, (n, self.resolution, self.resolution, 3))
+        x_T = initial_noise(n, (self.resolution, self.resolution, 3), seeds=seeds, rng=rng)
         x0 = diffusion.sample(self._denoise, params["unet"], sampler, x_T, cond,
                               num_steps=int(num_steps or self.sample_steps), uncond=uncond,
                               guidance_scale=float(self.guidance_scale if guidance_scale is None else guidance_scale))

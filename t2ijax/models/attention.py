@@ -4,12 +4,17 @@ Every attention (U-Net, text encoders, ELLA connector, ECLIPSE prior, adapters)
 calls `attention`, so its implementation is chosen per backend in one place:
 
   "xla"     batched einsum + float32 softmax; portable, the CPU default
-  "fused"   `jax.nn.dot_product_attention`, which uses cuDNN flash attention on
-            GPUs and XLA's fused kernels on TPU; the GPU/TPU default
+  "fused"   `jax.nn.dot_product_attention` with jax's default implementation
+            (its XLA lowering as of jax 0.10; cuDNN only when asked for); the
+            GPU/TPU default
 
 `set_attention_impl(name)` overrides the choice (e.g. from a config), and
 `register_attention_impl` adds one (a Pallas/Splash kernel, say) without
 touching model code.
+
+Masking is dtype-safe: masks stay boolean until they meet the float32 logits,
+and additive biases stay float32, so no large negative is ever cast to float16
+(where -1e30 is -inf and a fully masked row would be NaN).
 """
 
 from __future__ import annotations
@@ -19,13 +24,22 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-MASK_VALUE = -1e30  # large finite negative: fully-masked rows stay finite, as in PyTorch's additive masks
+# The logit of a masked key and the floor of additive biases. Finite in float32, where every impl
+# adds biases and takes the softmax, so a fully masked row is uniform instead of NaN; it must not
+# be cast to a half dtype (float16 overflows to -inf). Also usable as a bias value by callers.
+MASK_VALUE = -1e30
 
 _IMPLS: dict[str, Callable] = {}
 _override: str | None = None
 
 
 def register_attention_impl(name: str, fn: Callable) -> None:
+    """Add an implementation `fn(q, k, v, bias, mask, scale)`.
+
+    q, k, v: (B, L, H, D) with equal head counts; bias: float32 logits >= MASK_VALUE or None;
+    mask: boolean (True = attend) or None; both broadcastable to (B, H, Lq, Lk). A row with no
+    visible key must give the mean of v over all keys, as the built-in impls do.
+    """
     _IMPLS[name] = fn
 
 
@@ -43,30 +57,38 @@ def attention_impl() -> str:
     return "xla" if jax.default_backend() == "cpu" else "fused"
 
 
-def _combine_bias(bias, mask, causal, lq, lk, dtype):
-    """Fold a boolean mask and causality into one additive float32 bias (or None)."""
-    out = None if bias is None else bias.astype(dtype)
+def _combine_masks(mask, causal, lq, lk):
+    """One boolean mask (True = attend) from a padding mask and causality, or None.
+
+    Masks are combined with `and`, not by adding large negatives, so a key masked twice gets
+    the same logit as one masked once and a fully masked row stays exactly uniform.
+    """
     if mask is not None:
-        m = jnp.where(mask, 0.0, MASK_VALUE).astype(dtype)
-        out = m if out is None else out + m
+        mask = jnp.asarray(mask, dtype=bool)
     if causal:
-        c = jnp.where(jnp.tril(jnp.ones((lq, lk), bool), k=lk - lq), 0.0, MASK_VALUE).astype(dtype)
-        out = c if out is None else out + c
-    return out
+        tril = jnp.tril(jnp.ones((lq, lk), bool), k=lk - lq)
+        mask = tril if mask is None else jnp.logical_and(mask, tril)
+    return mask
 
 
-def _xla_attention(q, k, v, bias, scale):
+def _xla_attention(q, k, v, bias, mask, scale):
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
     if bias is not None:
         logits = logits + bias
+    if mask is not None:
+        logits = jnp.where(mask, logits, MASK_VALUE)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
 
-def _fused_attention(q, k, v, bias, scale):
-    if bias is not None:
-        bias = jnp.broadcast_to(bias, (q.shape[0], q.shape[2], q.shape[1], k.shape[1])).astype(q.dtype)
-    return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale)
+def _fused_attention(q, k, v, bias, mask, scale):
+    """jax adds the float32 bias to float32 logits and replaces masked logits by a finite float32
+    value, as `_xla_attention` does. It wants one dtype for q, k and v: upcast attention passes
+    float32 q, k with a lower-precision v, so compute in the widest and return v's dtype."""
+    dtype = jnp.result_type(q, k, v)
+    out = jax.nn.dot_product_attention(q.astype(dtype), k.astype(dtype), v.astype(dtype),
+                                       bias=bias, mask=mask, scale=scale)
+    return out.astype(v.dtype)
 
 
 register_attention_impl("xla", _xla_attention)
@@ -78,9 +100,12 @@ def attention(q, k, v, *, bias=None, mask=None, causal: bool = False, scale: flo
     """Scaled dot-product attention.
 
     q: (B, Lq, H, D); k, v: (B, Lk, Hkv, D) with H % Hkv == 0 (grouped-query attention).
-    bias: additive logits broadcastable to (B, H, Lq, Lk); mask: boolean, True = attend,
+    bias: additive logits broadcastable to (B, H, Lq, Lk), taken in float32 and floored at
+    MASK_VALUE (so MASK_VALUE or -inf in a bias masks a key); mask: boolean, True = attend,
     broadcastable to (B, H, Lq, Lk); causal: lower-triangular (aligned at the end).
-    Returns (B, Lq, H, D) in q's dtype. Softmax statistics are float32.
+    Returns (B, Lq, H, D) in v's dtype. Softmax statistics are float32 in every impl and dtype.
+    A query row that sees no key (fully masked) gives the mean of v over all Lk keys, finite in
+    every dtype: PyTorch's result for an additive mask with a large finite negative.
     """
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError(f"attention expects (B, L, H, D) tensors, got q{q.shape} k{k.shape} v{v.shape}")
@@ -91,5 +116,7 @@ def attention(q, k, v, *, bias=None, mask=None, causal: bool = False, scale: flo
         k = jnp.repeat(k, h // hkv, axis=2)
         v = jnp.repeat(v, h // hkv, axis=2)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    total_bias = _combine_bias(bias, mask, causal, q.shape[1], k.shape[1], jnp.float32)
-    return _IMPLS[impl or attention_impl()](q, k, v, total_bias, scale)
+    if bias is not None:
+        bias = jnp.maximum(jnp.asarray(bias, jnp.float32), MASK_VALUE)
+    mask = _combine_masks(mask, causal, q.shape[1], k.shape[1])
+    return _IMPLS[impl or attention_impl()](q, k, v, bias, mask, scale)

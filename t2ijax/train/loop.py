@@ -12,6 +12,7 @@ AOT-compiles the step (compile time printed), then runs it with metrics to
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import logging
 import os
@@ -37,10 +38,15 @@ from t2ijax.train.state import TrainState, create_state, param_count
 log = logging.getLogger(__name__)
 
 
+# Procedural data (``config.data.name``) -> the module whose ``make_loader`` builds it; any other name is a
+# `t2ijax.data.pipeline` dataset.
+PROCEDURAL_LOADERS = {"synthetic": "t2ijax.train.synthetic", "shapes_judge": "t2ijax.eval.cnn_judge_data"}
+
+
 def make_loader(config, *, split: str, batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1):
-    """The data loader named by ``config.data.name`` ("synthetic" or a `t2ijax.data.pipeline` dataset)."""
-    if config.data.name == "synthetic":
-        from t2ijax.train.synthetic import make_loader as factory
+    """The data loader named by ``config.data.name`` (`PROCEDURAL_LOADERS` or a `t2ijax.data.pipeline` dataset)."""
+    if config.data.name in PROCEDURAL_LOADERS:
+        factory = importlib.import_module(PROCEDURAL_LOADERS[config.data.name]).make_loader
     else:
         try:
             from t2ijax.data.pipeline import make_loader as factory

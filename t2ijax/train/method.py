@@ -28,8 +28,10 @@ Contract (all functions pure and jittable unless noted):
 
 Optional:
 
-  sample(params, frozen, prompts, rng, **kwargs) -> uint8 images (N, H, W, 3)
-      Used by ``t2ijax sample``; not called by the loop.
+  sample(params, frozen, prompts, rng=None, *, seeds=None, **kwargs) -> uint8 images (N, H, W, 3)
+      Used by ``t2ijax sample`` / ``eval`` through `t2ijax.train.sampling.make_sampler`, which passes
+      `seeds` (one per prompt: image i's initial noise from seed i alone, `sampling.initial_noise`);
+      `rng` (one key for the batch) is the older form. Not called by the loop.
   wrap_loader(loader, split) -> loader
       Called by the loop on its data loader (e.g. ELLA adds features read from a
       feature cache); the result must keep ``get_state`` / ``set_state``.
