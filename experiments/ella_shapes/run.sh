@@ -2,19 +2,22 @@
 # ELLA on Shapes (configs/ella_shapes.py): the commands behind experiments/ella_shapes/README.md.
 # Run from the repository root: bash experiments/ella_shapes/run.sh
 #   S1=short (default): stage 1 trained on short captions; S1=dense: on dense captions cut to 20 tokens.
-#   R=run folder, G=guidance scale (the same for every model), N=prompts per split (x 4 images each).
+#   R=run folder, G=guidance scale (the same for every model), N=prompts per split (x 4 images each),
+#   EVAL_PREFIX=name of the eval folders (<R>/<EVAL_PREFIX>_<model>_<split>; the README's 100-prompt
+#   tables: N=100 EVAL_PREFIX=eval100).
 set -euo pipefail
 S1=${S1:-short}
 R=${R:-runs/ella_shapes_$S1}
 G=${G:-1.0}
 N=${N:-64}
+EVAL_PREFIX=${EVAL_PREFIX:-eval}
 T2I="python -m t2ijax"
 CACHE=$R/t5_features.array_record
 UNET="--config=configs/ella_shapes.py:variant=unet,stage1_caption=$S1"
 EVAL="--benchmark=shapes --num_prompts=$N --images_per_prompt=4 --guidance_scale=$G"
 evaluate() {  # name, eval flags...: both held-out splits, dense prompts unless the flags say otherwise
   local name=$1; shift
-  for split in test validation; do $T2I eval $EVAL --split=$split --out=$R/eval_${name}_$split "$@"; done
+  for split in test validation; do $T2I eval $EVAL --split=$split --out=$R/${EVAL_PREFIX}_${name}_$split "$@"; done
 }
 # Stage 1: U-Net + CLIP-style text encoder (20-token context) trained jointly (txt2img); frozen afterwards.
 $T2I train $UNET --workdir=$R/unet
