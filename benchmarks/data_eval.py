@@ -1,6 +1,7 @@
 """Data and evaluation throughput: Grain loaders vs a PyTorch DataLoader, and the Shapes judge.
 
     .venv/bin/python benchmarks/data_eval.py [--batches 30] [--batch-size 64] [--folder-images 256]
+    .venv/bin/python benchmarks/data_eval.py --judges-only     # the two Shapes judges alone
 
 Datasets: Shapes at 32 and 64 (ArrayRecord -> tokenized float batches with
 regions), and an image folder of 320x256 JPEGs (decode, resize, centre crop,
@@ -10,7 +11,8 @@ regions), and an image folder of 320x256 JPEGs (decode, resize, centre crop,
   grain sync         make_loader with read_threads=0, then jax.device_put of the batch:
                      one core, directly comparable with the row above
   grain 16 threads   make_loader defaults (reader threads overlap decode with the consumer)
-judge rR             detection + all scene-graph questions per image.
+judge rR             programmatic judge: detection + all scene-graph questions per image, one image at a time.
+CNN judge rR         CNN judge: the network on batches of MAX_BATCH images, then the same questions.
 
 No worker processes anywhere (Grain worker_count=0, DataLoader num_workers=0).
 """
@@ -84,20 +86,10 @@ def _write_folder(root: str, n: int, size=(320, 256)):
             f.write(json.dumps({"file_name": f"{i}.jpg", "text": f"a photo number {i}"}) + "\n")
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batches", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--folder-images", type=int, default=256)
-    parser.add_argument("--judge-images", type=int, default=400)
-    parser.add_argument("--shapes-scenes", type=int, default=1024)
-    parser.add_argument("--repeats", type=int, default=3, help="loader rates are the median of this many runs")
-    args = parser.parse_args()
-
-    from t2ijax.data import pipeline, shapes
+def _loader_rows(args) -> list:
+    """Grain loaders (synchronous, threaded) against a PyTorch DataLoader on the same rows."""
+    from t2ijax.data import pipeline
     from t2ijax.data.tfds_builders import prepare
-    from t2ijax.eval import judge
-    from t2ijax.eval.dpg import shapes_questions
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -136,6 +128,25 @@ def main():
                          "default read_threads=16 (2 cores shared), + device_put"))
             del loader
             gc.collect()
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--folder-images", type=int, default=256)
+    parser.add_argument("--judge-images", type=int, default=400)
+    parser.add_argument("--shapes-scenes", type=int, default=1024)
+    parser.add_argument("--repeats", type=int, default=3, help="loader rates are the median of this many runs")
+    parser.add_argument("--judges-only", action="store_true", help="skip the loaders, time the two Shapes judges")
+    args = parser.parse_args()
+
+    from t2ijax.data import shapes
+    from t2ijax.eval import cnn_judge, judge
+    from t2ijax.eval.dpg import shapes_questions
+
+    rows = [] if args.judges_only else _loader_rows(args)
 
     for res in (32, 64):
         examples = [shapes.make_example(0, "test", i, res) for i in range(args.judge_images)]
@@ -150,6 +161,19 @@ def main():
             rates.append(len(examples) / (time.perf_counter() - start))
         rows.append((f"judge r{res}", _median(rates), f"{total / len(examples) / args.repeats:.1f} questions/image, "
                                                       f"accuracy {100 * correct / total:.2f}%"))
+        model = cnn_judge.load()
+        images = np.stack([ex.image for ex in examples])
+        model.detect_batch(images[:cnn_judge.MAX_BATCH])  # compile
+        rates, correct, total = [], 0, 0
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            for found, qs in zip(model.detect_batch(images), questions):
+                answers = [judge.answer(q, found) for q in qs]
+                correct += sum(answers)
+                total += len(answers)
+            rates.append(len(examples) / (time.perf_counter() - start))
+        rows.append((f"CNN judge r{res}", _median(rates), f"batches of {cnn_judge.MAX_BATCH}, "
+                                                          f"accuracy {100 * correct / total:.2f}%"))
 
     print(f"\n{'benchmark':<46} {'images/s':>10}  notes")
     print("-" * 100)

@@ -103,6 +103,56 @@ def test_shapeless_marks_are_not_objects(resolution):
     assert judge.detect(np.full((resolution, resolution, 3), 255, np.uint8)) == []
 
 
+def _one_object(inside, resolution, rng, colour="green", blur=0.8):
+    """An image of one object (`inside(box, py, px)` in a jittered box around the centre, 8x supersampled),
+    blurred, noised and JPEG-compressed like a generated image."""
+    side = shapes.side_length("large", resolution) * rng.uniform(0.8, 1.0)
+    cx, cy = resolution / 2 + rng.uniform(-2, 2), resolution / 2 + rng.uniform(-2, 2)
+    py, px = shapes.sample_points(resolution, resolution, supersample=8)
+    ink = shapes.pixel_fraction(inside((cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2), py, px), 8)
+    white, rgb = np.asarray(shapes.BACKGROUND_RGB, np.float32), np.asarray(shapes.PALETTE[colour], np.float32)
+    image = white + ink[..., None] * (rgb - white)
+    return st.degrade(np.clip(np.round(image), 0, 255).astype(np.uint8), rng, blur=blur, noise=4.0, jpeg_quality=85)
+
+
+def _stretched(inside, aspect):
+    """`inside` drawn in its box made `aspect` times wider than tall, about the same centre and area."""
+    def stretched(box, py, px):
+        x0, y0, x1, y1 = box
+        cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2
+        w, h = half * np.sqrt(aspect), half / np.sqrt(aspect)
+        return inside((cx - w, cy - h, cx + w, cy + h), py, px)
+    return stretched
+
+
+@pytest.mark.parametrize("resolution", [32, 64])
+def test_definitions_blunt_triangles_rounded_squares_and_the_stretch_line(resolution):
+    """The definitions of docs/judge.md on the shapes generated images have: blunt triangles are triangles,
+    squares a little taller or wider than square are squares, superellipses are circles below n = 3 and
+    squares above, and a patch drawn more than 1.5 times longer than wide is no object, however blurred."""
+    rng = np.random.default_rng(resolution)
+
+    def verdicts(inside, count=6, blur=0.8):
+        out = []
+        for _ in range(count):
+            found = judge.analyse(_one_object(inside, resolution, rng, blur=blur))
+            accepted = [c.detection.shape for c in found if not c.rejected]
+            out.append(accepted[0] if len(accepted) == 1 else "rejected" if found and not accepted else "several")
+        return out
+
+    def blunt(box, py, px):
+        return shapes.rounded_triangle_inside(box, 0.2 * (box[2] - box[0]), py, px)
+
+    assert verdicts(blunt) == ["triangle"] * 6
+    assert verdicts(_stretched(lambda b, py, px: shapes.superellipse_inside(b, np.inf, py, px), 1.35)) == ["square"] * 6
+    assert verdicts(_stretched(lambda b, py, px: shapes.superellipse_inside(b, 2.0, py, px), 1.3)) == ["circle"] * 6
+    assert verdicts(lambda b, py, px: shapes.superellipse_inside(b, 2.5, py, px)) == ["circle"] * 6
+    assert verdicts(lambda b, py, px: shapes.superellipse_inside(b, 4.0, py, px)) == ["square"] * 6
+    for blur in (0.0, 1.2):  # blur makes a patch rounder; what was drawn decides
+        assert verdicts(_stretched(lambda b, py, px: shapes.superellipse_inside(b, 2.0, py, px), 1.8),
+                        blur=blur) == ["rejected"] * 6
+
+
 def test_touching_objects_of_one_colour_are_split():
     touching = [st.Mark("square", "blue", (4, 8, 16, 20), "large"), st.Mark("circle", "blue", (16, 8, 28, 20), "large")]
     found = judge.detect(st.draw(touching, 32))

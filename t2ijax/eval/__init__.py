@@ -1,8 +1,11 @@
-"""Evaluation: the Shapes judge, DPG-Bench scoring, T2I-CompBench-style accuracy, FID, CLIP score, reports.
+"""Evaluation: the Shapes judges, DPG-Bench scoring, T2I-CompBench-style accuracy, FID, CLIP score, reports.
 
 Modules (functions of the same name live in them, e.g. `t2ijax.eval.evaluate.evaluate`):
-  evaluate    evaluate(sampler, *, benchmark, out_dir, ...): generate, score, write report + grid
-  judge       detect / judge / JudgeVQA: the programmatic Shapes judge
+  evaluate    evaluate(sampler, *, benchmark, out_dir, judge=, ...): generate, score, write report + grid;
+              score_shapes, rejudge (score saved images again), load_generated, shapes_scenes
+  judge       analyse / detect / judge / JudgeVQA: the programmatic Shapes judge (docs/judge.md)
+  cnn_judge   load / detect / detect_batch: the independent CNN Shapes judge (committed weights)
+  shapes_stress  realistic renders, cheats and the oracle's truth that the judges are tested against
   dpg         read_dpg_csv / score_grids / score_folder / DPGOptions / shapes_questions
   compbench   compbench_scores
   fid         fid / frechet_distance
@@ -16,7 +19,8 @@ Names re-exported lazily here: the ones that do not collide with a module name.
 import importlib
 
 _API = {
-    "detect": "judge", "JudgeVQA": "judge",
+    "detect": "judge", "JudgeVQA": "judge", "score_shapes": "evaluate", "rejudge": "evaluate",
+    "load_generated": "evaluate",
     "read_dpg_csv": "dpg", "score_grids": "dpg", "score_folder": "dpg", "DPGOptions": "dpg",
     "shapes_questions": "dpg", "compbench_scores": "compbench", "frechet_distance": "fid", "clip_embedders": "clip_score",
     "write_report": "report", "save_grid": "grid",

@@ -62,6 +62,7 @@ import ml_collections
 import numpy as np
 
 from t2ijax.data import shapes
+from t2ijax.data.procedural import ProceduralLoader
 from t2ijax.eval import shapes_stress as st
 from t2ijax.models.shapes_judge_net import BOX_SCALE, INPUT_RESOLUTION, NOT_A_SHAPE
 
@@ -403,36 +404,22 @@ def render_example(data, split: str, index: int, rng: np.random.Generator) -> di
     return {"image": x, **targets(marks, resolution)}
 
 
-class ShapesJudgeLoader:
+class ShapesJudgeLoader(ProceduralLoader):
     """Infinite iterator of batches (see the module doc) with ``get_state()`` / ``set_state(state)``."""
 
     def __init__(self, data, *, split: str, batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1):
         if split not in shapes.SPLITS:
             raise ValueError(f"split={split!r}; choose one of {shapes.SPLITS}")
-        if not 0 <= shard_index < shard_count:
-            raise ValueError(f"shard_index={shard_index} outside [0, {shard_count})")
-        self.data, self.split, self.batch_size, self.seed = data, split, batch_size, seed
-        self.shard_index, self.shard_count = shard_index, shard_count
-        self.next_batch = 0
+        super().__init__(batch_size=batch_size, seed=seed, shard_index=shard_index, shard_count=shard_count)
+        self.data, self.split = data, split
 
-    def get_state(self) -> dict:
-        return {"next_batch": self.next_batch}
-
-    def set_state(self, state: dict) -> None:
-        self.next_batch = int(state["next_batch"])
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        first = (self.next_batch * self.shard_count + self.shard_index) * self.batch_size
-        self.next_batch += 1
-        ids = np.arange(first, first + self.batch_size)
+    def batch(self, n: int) -> dict[str, np.ndarray]:
+        ids = self.example_ids(n)
         examples = [render_example(self.data, self.split, int(i),
                                    np.random.default_rng([self.seed, shapes.SPLITS.index(self.split), int(i)]))
                     for i in ids]
         batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
-        return {**batch, "example_id": ids.astype(np.int32)}
+        return {**batch, "example_id": ids}
 
 
 def make_loader(data_config, *, split: str, batch_size: int, seed: int, shard_index: int = 0,

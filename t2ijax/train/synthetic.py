@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from t2ijax.data.procedural import ProceduralLoader
+
 _SPLITS = {"train": 0, "validation": 1, "val": 1, "test": 2}
 _PALETTE = np.array([[1, -1, -1], [-1, 1, -1], [-1, -1, 1], [1, 1, -1], [1, -1, 1], [-1, 1, 1], [1, 1, 1],
                      [-1, -1, -1]], np.float32)
 
 
-class SyntheticLoader:
+class SyntheticLoader(ProceduralLoader):
     """Infinite iterator of batches with ``get_state()`` / ``set_state(state)``."""
 
     def __init__(self, *, resolution: int, max_length: int, vocab_size: int, batch_size: int, seed: int,
@@ -28,27 +30,13 @@ class SyntheticLoader:
         if vocab_size < 3 or max_length < 2 or resolution < 4:
             raise ValueError(f"synthetic data needs vocab_size>=3, max_length>=2, resolution>=4; got "
                              f"{vocab_size}, {max_length}, {resolution}")
-        if not 0 <= shard_index < shard_count:
-            raise ValueError(f"shard_index={shard_index} outside [0, {shard_count})")
+        super().__init__(batch_size=batch_size, seed=seed, shard_index=shard_index, shard_count=shard_count)
         self.resolution, self.max_length, self.vocab_size = resolution, max_length, vocab_size
-        self.batch_size, self.seed, self.split = batch_size, seed, _SPLITS[split]
-        self.shard_index, self.shard_count = shard_index, shard_count
-        self.next_batch = 0
+        self.split = _SPLITS[split]
 
-    def get_state(self) -> dict:
-        return {"next_batch": self.next_batch}
-
-    def set_state(self, state: dict) -> None:
-        self.next_batch = int(state["next_batch"])
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        b, n = self.batch_size, self.next_batch
-        self.next_batch += 1
+    def batch(self, n: int) -> dict[str, np.ndarray]:
+        b = self.batch_size
         rng = np.random.default_rng([self.seed, self.split, n, self.shard_index])
-        first = n * b * self.shard_count + self.shard_index * b
         lengths = rng.integers(2, self.max_length + 1, size=b)
         ids = rng.integers(1, self.vocab_size, size=(b, self.max_length))
         mask = (np.arange(self.max_length)[None] < lengths[:, None]).astype(np.int32)
@@ -63,7 +51,7 @@ class SyntheticLoader:
         inside = (yy >= y0) & (yy < y0 + side) & (xx >= x0) & (xx < x0 + side)  # (B, r, r)
         images = np.where(inside[..., None], colour[:, None, None, :], np.float32(0.0)).astype(np.float32)
         return {"image": images, "input_ids": ids, "attention_mask": mask,
-                "example_id": np.arange(first, first + b, dtype=np.int32)}
+                "example_id": self.example_ids(n)}
 
 
 def make_loader(data_config, *, split: str, batch_size: int, seed: int, shard_index: int = 0,
