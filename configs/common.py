@@ -51,6 +51,8 @@ def runtime_defaults(**overrides) -> ml_collections.ConfigDict:
     c.async_checkpointing = True
     c.prefetch = 2                     # batches read + transferred ahead in a background thread (0: inline)
     c.resume = True                    # resume from the latest checkpoint of the workdir
+    c.init_from = ""                   # start the trainable params from a workdir or an upstream folder/file
+    c.init_from_ema = False            # with a workdir: take its EMA params instead of the raw ones
     c.tensorboard = True
     c.progress = True
     c.compilation_cache_dir = ""       # persistent XLA compilation cache ("" disables)
@@ -75,7 +77,8 @@ def toy_config(**overrides) -> ml_collections.ConfigDict:
     c = runtime_defaults(method="toy", total_steps=10, batch_size=8, compute_dtype="float32", ema_decay=0.9,
                          log_every=2, checkpoint_every=5)
     c.data = synthetic_data(resolution=8, max_length=8, vocab_size=32)
-    c.model = ml_collections.ConfigDict(dict(width=16, hidden=32, depth=1))
+    # teacher_hidden > 0 adds a frozen teacher denoiser of that width (exercises frozen placement)
+    c.model = ml_collections.ConfigDict(dict(width=16, hidden=32, depth=1, teacher_hidden=0))
     for k, v in overrides.items():
         c[k] = v
     return c

@@ -225,11 +225,40 @@ def with_shardings(abstract, shardings):
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
+def _key_shapes(tree) -> dict[str, tuple]:
+    leaves = jax.tree_util.tree_flatten_with_path(strip_boxes(tree))[0]
+    return {jax.tree_util.keystr(path, simple=True, separator="/"): tuple(getattr(x, "shape", ())) for path, x in leaves}
+
+
+def check_tree_like(expected, actual, what: str) -> None:
+    """Raise a ValueError naming every missing, unexpected or mis-shaped key of `actual` (arrays, abstract
+    arrays or checkpoint metadata) against `expected`."""
+    want, have = _key_shapes(expected), _key_shapes(actual)
+    missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    shapes = [f"{k}: expected {want[k]}, got {have[k]}" for k in sorted(set(want) & set(have)) if want[k] != have[k]]
+    if missing or unexpected or shapes:
+        def few(keys):
+            return ", ".join(keys[:8]) + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else "")
+        problems = [f"missing keys: {few(missing)}" if missing else "", f"unexpected keys: {few(unexpected)}" if unexpected
+                    else "", f"mis-shaped: {few(shapes)}" if shapes else ""]
+        raise ValueError(f"{what} does not match the trainable params: " + "; ".join(p for p in problems if p))
+
+
 def place(tree, shard_config: ShardConfig):
-    """Put an eager pytree (boxed leaves give logical axes, plain leaves are replicated) onto the mesh."""
+    """Put an eager pytree onto the mesh: boxed leaves by their logical axes, arrays already sharded on this
+    mesh where they are (weights loaded straight onto their shardings), other leaves replicated."""
     specs = nn.get_partition_spec(tree)
     values = strip_boxes(tree)
     shardings = shard_config.tree_shardings(specs, values)
+
+    def keep_placed(value, sharding):
+        placed = getattr(value, "sharding", None)
+        if isinstance(placed, NamedSharding) and placed.mesh == shard_config.mesh and not isinstance(
+                value, nn.meta.AxisMetadata):
+            return placed
+        return sharding
+
+    shardings = jax.tree.map(keep_placed, values, shardings)
     return jax.device_put(values, shardings), shardings
 
 

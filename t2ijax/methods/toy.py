@@ -2,8 +2,11 @@
 
 Pixel-space epsilon prediction on flattened images with a continuous cosine schedule,
 conditioned on the masked mean of a learned token embedding. `config.model`:
-``width`` (token embedding), ``hidden`` (MLP width), ``depth`` (hidden layers).
-Every parameter carries logical axes, so it exercises the sharding rules.
+``width`` (token embedding), ``hidden`` (MLP width), ``depth`` (hidden layers), ``teacher_hidden``
+(> 0: a frozen, randomly initialised teacher of that width whose prediction the student also matches, a
+stand-in for the frozen models of the real methods; built straight onto its shardings).
+Every parameter carries logical axes, so it exercises the sharding rules. The loss takes the step
+(the loop passes it to a loss that asks for it): the teacher term fades in over the first 10 steps.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t2ijax import sharding as shd
 from t2ijax.models import layers
 from t2ijax.train.sampling import initial_noise
 
@@ -54,19 +58,31 @@ class ToyMethod:
                                   dtype=jnp.dtype(config.compute_dtype))
         self.max_length = int(config.data.max_length)
         self.vocab_size = int(config.data.vocab_size)
+        teacher = int(config.model.get("teacher_hidden", 0))
+        self.teacher = (ToyDenoiser(vocab_size=self.vocab_size, width=int(config.model.width), hidden=teacher,
+                                    depth=int(config.model.depth), pixels=self.pixels) if teacher else None)
         width, hidden, depth = int(config.model.width), int(config.model.hidden), int(config.model.depth)
         fwd = 2 * ((self.pixels + 2 * width) * hidden + depth * hidden * hidden + hidden * self.pixels)
         self.flops_per_example = 3.0 * fwd
 
-    def init(self, rng, config):
+    def _init(self, module, rng):
         x = jnp.zeros((1, self.pixels))
         ids = jnp.zeros((1, self.max_length), jnp.int32)
-        return self.module.init(rng, x, jnp.zeros((1,)), ids, jnp.ones_like(ids))["params"]
+        return module.init(rng, x, jnp.zeros((1,)), ids, jnp.ones_like(ids))["params"]
 
-    def frozen(self, config):
-        return {}
+    def init(self, rng, config):
+        return self._init(self.module, rng)
 
-    def loss(self, params, frozen, batch, rng):
+    def frozen(self, config, shard_config=None):
+        if self.teacher is None:
+            return {}
+        init = partial(self._init, self.teacher)
+        rng = jax.random.PRNGKey(int(config.seed) + 1)
+        if shard_config is None:
+            return {"teacher": init(rng)}
+        return {"teacher": shd.init_sharded(init, rng, shard_config)[0]}
+
+    def loss(self, params, frozen, batch, rng, step=None):
         x0 = batch["image"].reshape(batch["image"].shape[0], -1)
         t_key, n_key = jax.random.split(rng)
         t = jax.random.uniform(t_key, (x0.shape[0],))
@@ -75,7 +91,14 @@ class ToyMethod:
         pred = self.module.apply({"params": params}, alpha * x0 + sigma * eps, t, batch["input_ids"],
                                  batch["attention_mask"])
         loss = jnp.mean((pred.astype(jnp.float32) - eps) ** 2)
-        return loss, {"x0_std": jnp.std(x0)}
+        metrics = {"x0_std": jnp.std(x0)}
+        if "teacher" in frozen:
+            target = self.teacher.apply({"params": frozen["teacher"]}, alpha * x0 + sigma * eps, t,
+                                        batch["input_ids"], batch["attention_mask"])
+            weight = jnp.minimum(1.0, (step if step is not None else 10) / 10.0)
+            metrics["teacher_loss"] = jnp.mean((pred.astype(jnp.float32) - target) ** 2)
+            loss = loss + weight * metrics["teacher_loss"]
+        return loss, metrics
 
 
     def tokenize(self, prompts):

@@ -125,6 +125,13 @@ class Checkpointer:
         out = self.manager.restore(step, args=ocp.args.Composite(**{name: ocp.args.StandardRestore(abstract_params)}))
         return out[name]
 
+    def item_metadata(self, step: int, name: str):
+        """The saved tree of one item (shapes and dtypes, no values)."""
+        if name not in self.saved_items(step):
+            raise ValueError(f"checkpoint step {step} in {self.directory} has no item {name!r} "
+                             f"(it has {sorted(self.saved_items(step))})")
+        return self.manager.item_metadata(step)[name]
+
     def restore_config(self, step: int | None = None) -> dict:
         step = self.latest_step() if step is None else step
         return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]

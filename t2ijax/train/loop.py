@@ -12,7 +12,9 @@ AOT-compiles the step (compile time printed), then runs it with metrics to
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
+import inspect
 import json
 import logging
 import os
@@ -33,7 +35,7 @@ from t2ijax.train import metrics as mt
 from t2ijax.train.checkpoint import Checkpointer
 from t2ijax.train.method import check_method, trainable_item
 from t2ijax.train.optim import make_optimizer
-from t2ijax.train.state import TrainState, create_state, param_count
+from t2ijax.train.state import TrainState, create_state, param_count, with_params
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +106,11 @@ class Prefetcher:
         return item
 
     def close(self):
+        """Stop and join the reader thread: a daemon thread left inside a device transfer when the
+        interpreter exits aborts the process."""
         self._stop.set()
+        if self._queue is not None:
+            self._thread.join(timeout=60)
 
 
 def make_train_step(method, tx: optax.GradientTransformation, schedule: optax.Schedule, config) -> Callable:
@@ -112,12 +118,15 @@ def make_train_step(method, tx: optax.GradientTransformation, schedule: optax.Sc
     optimizer (and EMA) update every ``grad_accum_steps`` calls."""
     accum = int(config.optim.get("grad_accum_steps", 1))
     decay = float(config.get("ema_decay", 0.0))
+    takes_step = _accepts(method.loss, "step")
 
     def step(state: TrainState, frozen, batch):
         rng = jax.random.fold_in(state.rng, state.step)
         frozen = jax.lax.stop_gradient(frozen)
 
         def loss_fn(params):
+            if takes_step:  # e.g. a loss-weight schedule
+                return method.loss(params, frozen, batch, rng, step=state.step // accum)
             return method.loss(params, frozen, batch, rng)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -137,6 +146,13 @@ def make_train_step(method, tx: optax.GradientTransformation, schedule: optax.Sc
     return step
 
 
+def _accepts(fn: Callable, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 @dataclasses.dataclass
 class Setup:
     """Everything a run needs, built once (also used by `sample` and the benchmarks)."""
@@ -145,11 +161,54 @@ class Setup:
     method: Any
     tx: optax.GradientTransformation
     schedule: optax.Schedule
-    state: TrainState
+    build_state: Callable[[], TrainState]
     state_shardings: TrainState
     abstract_state: TrainState
     frozen: Any
     frozen_shardings: Any
+
+    @functools.cached_property
+    def state(self) -> TrainState:
+        """The fresh state, built on first use (a resume restores into `abstract_state` and never builds it),
+        started from ``config.init_from`` when that is set."""
+        state = self.build_state()
+        params = init_from(self)
+        if params is not None:
+            with self.shard_config.active():
+                state = jax.jit(functools.partial(with_params, tx=self.tx),
+                                out_shardings=self.state_shardings)(state, params)
+        return state
+
+
+def init_from(s: Setup):
+    """The trainable params named by ``config.init_from`` (None when unset), sharded like the state's:
+    a workdir (its latest checkpoint's trainable item, or its EMA with ``config.init_from_ema``) or whatever
+    the method's ``load_init(path, config, abstract_params)`` hook reads (an upstream folder or file).
+    Strict: a missing, unexpected or mis-shaped key is an error naming it."""
+    path = str(s.config.get("init_from", "") or "")
+    if not path:
+        return None
+    abstract = s.abstract_state.params
+    checkpoints = path if os.path.basename(os.path.normpath(path)) == "checkpoints" else os.path.join(path, "checkpoints")
+    if os.path.isdir(checkpoints):
+        ckpt = Checkpointer(checkpoints, trainable_item=trainable_item(s.method), async_save=False)
+        try:
+            step = ckpt.latest_step()
+            if step is None:
+                raise FileNotFoundError(f"config.init_from={path!r}: no checkpoint in {checkpoints}")
+            ema = bool(s.config.get("init_from_ema", False))
+            shd.check_tree_like(abstract, ckpt.item_metadata(step, "ema" if ema else ckpt.item),
+                                f"config.init_from={path!r} (step {step})")
+            return ckpt.restore_params(abstract, step, ema=ema)
+        finally:
+            ckpt.close()
+    load = getattr(s.method, "load_init", None)
+    if not callable(load):
+        raise ValueError(f"config.init_from={path!r} is not a workdir (no {checkpoints}) and method "
+                         f"{s.config.method!r} has no load_init hook to read it")
+    params = load(path, s.config, abstract)
+    shd.check_tree_like(abstract, params, f"config.init_from={path!r}")
+    return jax.device_put(shd.strip_boxes(params), s.state_shardings.params)
 
 
 def validate(config) -> None:
@@ -176,9 +235,12 @@ def setup(config, *, devices=None) -> Setup:
     check_method(method, config.method)
     tx, schedule = make_optimizer(config.optim, int(config.total_steps))
     with shard_config.active():
-        state, shardings, abstract = create_state(method, config, tx, shard_config)
-        frozen, frozen_shardings = shd.place(method.frozen(config), shard_config)
-    return Setup(config, shard_config, method, tx, schedule, state, shardings, abstract, frozen, frozen_shardings)
+        build, shardings, abstract = create_state(method, config, tx, shard_config)
+        # A method whose frozen() takes the shard config loads frozen weights straight onto their shardings.
+        frozen = (method.frozen(config, shard_config=shard_config) if _accepts(method.frozen, "shard_config")
+                  else method.frozen(config))
+        frozen, frozen_shardings = shd.place(frozen, shard_config)
+    return Setup(config, shard_config, method, tx, schedule, build, shardings, abstract, frozen, frozen_shardings)
 
 
 def compile_step(s: Setup, example_batch: dict) -> tuple[Any, float]:
@@ -233,10 +295,11 @@ def train(config, workdir: str, *, devices=None, stop_after: int | None = None,
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), trainable_item=trainable_item(s.method),
                         keep_last=int(config.keep_last), keep_period=int(config.get("keep_period", 0)),
                         async_save=bool(config.get("async_checkpointing", True)))
-    state, iterator_state = s.state, None
     if config.get("resume", True) and ckpt.latest_step() is not None:
         state, iterator_state = ckpt.restore(s.abstract_state)
         log.info("resumed from step %d of %s", int(state.step), ckpt.directory)
+    else:
+        state, iterator_state = s.state, None
     start = int(shd.to_host(state.step))
 
     local_batch = int(config.batch_size) // jax.process_count()

@@ -27,7 +27,9 @@ class TrainState:
 
 
 def create_state(method, config, tx: optax.GradientTransformation, shard_config: shd.ShardConfig):
-    """(state, state shardings, abstract state with shardings), every array born sharded."""
+    """(build, state shardings, abstract state with shardings). `build()` materialises the fresh state, every
+    array born sharded; nothing concrete exists until it is called, so a resume, which restores into the
+    abstract state, never holds a second copy of parameters, optimizer state and EMA."""
     seed_key = jax.random.PRNGKey(int(config.seed))
     init_key, loop_key = jax.random.split(seed_key)
     use_ema = float(config.get("ema_decay", 0.0)) > 0
@@ -47,10 +49,20 @@ def create_state(method, config, tx: optax.GradientTransformation, shard_config:
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                           ema=jax.tree.map(jnp.copy, params) if use_ema else None, rng=loop_key)
 
-    state = jax.jit(init, out_shardings=shardings)(init_key)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                             jax.eval_shape(init, init_key), shardings)
-    return state, shardings, abstract
+
+    def build() -> TrainState:
+        with shard_config.active():
+            return jax.jit(init, out_shardings=shardings)(init_key)
+
+    return build, shardings, abstract
+
+
+def with_params(state: TrainState, params, tx: optax.GradientTransformation) -> TrainState:
+    """`state` started from `params` instead (``config.init_from``): fresh optimizer state, EMA = params."""
+    return state.replace(params=params, opt_state=tx.init(params),
+                         ema=jax.tree.map(jnp.copy, params) if state.ema is not None else None)
 
 
 def param_count(tree) -> int:

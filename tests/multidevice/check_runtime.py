@@ -74,6 +74,24 @@ def check_fsdp_memory():
     print(f"CHECK fsdp_memory OK per-device={per_device}B total={total}B ratio={per_device / total:.4f}", flush=True)
 
 
+def check_frozen_placed_by_the_method():
+    """A frozen model built by the method straight onto its shardings stays FSDP-sharded (not replicated)."""
+    rules = {"embed": "fsdp", "mlp": "fsdp", "vocab": "fsdp"}
+    config = toy_config({"fsdp": 8}, rules=rules)
+    config.model.teacher_hidden = 64
+    s = loop.setup(config, devices=jax.devices())
+    teacher = s.frozen["teacher"]
+    total = sum(x.nbytes for x in jax.tree.leaves(teacher))
+    per_device = shd.per_device_bytes(teacher)
+    assert per_device <= total / 8 * 1.05, (per_device, total)
+    kernel = teacher["in_proj"]["kernel"]
+    assert kernel.sharding.spec[0] == "fsdp" and len(kernel.sharding.device_set) == 8, kernel.sharding
+    state = loop.train(config, os.path.join(sys.argv[1], "teacher"), devices=jax.devices())
+    assert int(state.step) == 4
+    print(f"CHECK frozen_placement OK teacher per-device={per_device}B total={total}B "
+          f"ratio={per_device / total:.4f}", flush=True)
+
+
 def check_resume_bit_exact(workdir):
     mesh = {"data": 2, "fsdp": 4}
     seen_full, seen_resumed = [], []
@@ -119,6 +137,7 @@ if __name__ == "__main__":
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     check_sharded_step_matches_single_device()
     check_fsdp_memory()
+    check_frozen_placed_by_the_method()
     check_resume_bit_exact(work)
     check_restore_on_more_devices(work)
     print("ALL OK", flush=True)
