@@ -39,7 +39,7 @@ def _unet(tiny: bool) -> dict:
 
 def data_config(tiny: bool, max_length: int = 80):
     """Shapes 32x32 with dense captions: they name every attribute, relation and count the judge asks about."""
-    from t2ijax.data.pipeline import default_data_config
+    from t2ijax.data.config import default_data_config
 
     return default_data_config(resolution=32, caption="dense", max_length=max_length, tokenizer="shapes_word",
                                num_train=64 if tiny else 10000, num_val=8 if tiny else 100,

@@ -87,7 +87,7 @@ def get_config(arg=None):
     # The paper: AdamW, constant lr 1e-4, weight decay 0.01, no gradient clipping.
     c.optim = common.optim_defaults(lr=1e-4, weight_decay=0.01, schedule="constant", grad_clip_norm=0.0)
 
-    from t2ijax.data.pipeline import default_data_config
+    from t2ijax.data.config import default_data_config
     if tiny:
         c.data = default_data_config(resolution=16, caption="short", max_length=20, tokenizer="shapes_word",
                                      num_train=16, num_val=4, num_test=4, with_regions=False, read_threads=0,

@@ -50,7 +50,7 @@ def get_config(arg=None):
     c.optim = common.optim_defaults(lr=1e-3 if tiny else 2e-4, weight_decay=0.01, schedule="warmup_cosine",
                                     warmup_steps=2 if tiny else 1000, grad_clip_norm=1.0)
 
-    from t2ijax.data.pipeline import default_data_config
+    from t2ijax.data.config import default_data_config
     # Shapes dense captions reach 80 tokens
     c.data = default_data_config(resolution=32, caption="dense", max_length=80 if tiny else 96,
                                  num_train=256 if tiny else 10000, num_val=32 if tiny else 500,

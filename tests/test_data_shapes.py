@@ -111,12 +111,12 @@ def test_shapes_word_tokenizer(examples, tmp_path):
 
 
 def test_text_encoder_matches_tokenizer_call(examples):
-    from t2ijax.data.tokenizer import TextEncoder
+    from t2ijax.data.tokenizer import CaptionTokenizer
 
     tok = load_tokenizer("shapes_word")
     texts = [ex.captions[k] for ex in examples[("train", 32)][:20] for k in ("dense", "narrative")] + ["", "left"]
     for max_length in (24, 128):  # truncating and padding
-        encode = TextEncoder(tok, max_length)
+        encode = CaptionTokenizer(tok, max_length)
         reference = tokenize(tok, texts, max_length, return_offsets=True)
         for i, text in enumerate(texts):
             got = encode(text, return_offsets=True)

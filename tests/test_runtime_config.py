@@ -158,3 +158,18 @@ def test_synthetic_loader_deterministic_and_resumable():
     s1 = SyntheticLoader(resolution=8, max_length=6, vocab_size=16, batch_size=4, seed=1, shard_index=1,
                          shard_count=2)
     assert not set(next(s0)["example_id"]) & set(next(s1)["example_id"])
+
+
+def test_configs_import_without_tfds_or_grain():
+    """Configs read their data defaults from t2ijax.data.config: building one needs neither TFDS nor Grain."""
+    code = ("import sys\n"
+            "sys.modules['tensorflow_datasets'] = None\n"
+            "sys.modules['grain'] = None\n"
+            "from t2ijax.config_utils import load_config\n"
+            "for spec in ('configs/txt2img_shapes.py:tiny', 'configs/demo_shapes.py', 'configs/ella_sd15.py:tiny',\n"
+            "             'configs/ella_shapes.py:unet', 'configs/ella_shapes.py:tsc', 'configs/shapes_judge.py:tiny'):\n"
+            "    assert load_config(spec).data.name, spec\n"
+            "print('ok')\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]

@@ -11,7 +11,7 @@ Public API (imported lazily so that `import t2ijax.data` stays cheap):
 import importlib
 
 _API = {
-    "default_data_config": "pipeline", "make_loader": "pipeline", "Loader": "pipeline",
+    "default_data_config": "config", "make_loader": "pipeline", "Loader": "pipeline",
     "prepare": "tfds_builders", "load_tokenizer": "tokenizer", "shapes_word_tokenizer": "tokenizer",
 }
 

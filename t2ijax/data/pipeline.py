@@ -40,46 +40,16 @@ import ml_collections
 import numpy as np
 
 from t2ijax.data import preprocess, shapes
+from t2ijax.data.config import CAPTION_KINDS, SHAPES_WORD_LENGTH, default_data_config  # noqa: F401
 from t2ijax.data.tfds_builders import prepare
-from t2ijax.data.tokenizer import TextEncoder, load_tokenizer, spans_to_token_mask
+from t2ijax.data.tokenizer import CaptionTokenizer, load_tokenizer, spans_to_token_mask
 
 logger = logging.getLogger(__name__)
 
-CAPTION_KINDS = ("dense", "short", "narrative")
-# Longest Shapes captions in shapes_word tokens, [BOS] and [EOS] included (measured over 1,000 scenes:
-# dense 76, short 17, narrative 96), rounded up. Shorter max_length truncates some captions.
-SHAPES_WORD_LENGTH = {"dense": 80, "short": 20, "narrative": 100}
 # For image folders: the metadata fields tried, in order, for each caption kind.
 # SURD layout: "text" is the simple (BLIP) caption, "prompt" the complex user prompt.
 FOLDER_CAPTION_FIELDS = {"dense": ("dense", "prompt", "text"), "short": ("short", "text"),
                          "narrative": ("narrative", "text")}
-
-
-def default_data_config(**overrides) -> ml_collections.ConfigDict:
-    """The data section of an experiment config; keyword overrides must name existing fields."""
-    cfg = ml_collections.ConfigDict({
-        "name": "shapes",             # "shapes" | "image_text_folder"
-        "data_dir": "~/t2ijax_datasets",  # where the TFDS ArrayRecord files are written
-        "folder": "",                 # image_text_folder: folder of images + captions.jsonl / metadata.jsonl
-        "resolution": 32,
-        "caption": "dense",           # "dense" | "short" | "narrative"
-        "max_length": 128,
-        "tokenizer": "shapes_word",   # or a local tokenizer folder
-        "num_train": 10000,           # Shapes split sizes
-        "num_val": 500,
-        "num_test": 500,
-        "seed": 0,                    # Shapes scene seed
-        "random_flip": False,         # Shapes: also swaps "left"/"right" tokens so captions stay true
-        "with_regions": True,         # Shapes: boxes, masks, key-token and object-token masks
-        "worker_count": 0,            # Grain worker processes (0 = in the calling process)
-        "read_threads": 16,           # Grain threads reading + transforming rows (0 = synchronous)
-        "prefetch_buffer_size": 500,  # rows read ahead by those threads
-    })
-    for key, value in overrides.items():
-        if key not in cfg:
-            raise KeyError(f"unknown data config field {key!r}; fields: {sorted(cfg.keys())}")
-        cfg[key] = value
-    return cfg
 
 
 def _validate(cfg, split, batch_size, shard_index, shard_count):
@@ -122,7 +92,7 @@ class _ShapesTransform:
     caption stays true (both are single tokens, so spans and token masks are unchanged)."""
 
     def __init__(self, cfg, tokenizer):
-        self.cfg, self.encode = cfg, TextEncoder(tokenizer, cfg.max_length)
+        self.cfg, self.encode = cfg, CaptionTokenizer(tokenizer, cfg.max_length)
         self.swap = left_right_token_ids(tokenizer) if cfg.random_flip else None
 
     def __call__(self, record: dict, flip: bool) -> dict:
@@ -161,7 +131,7 @@ class _ShapesTransform:
 
 class _FolderTransform:
     def __init__(self, cfg, tokenizer):
-        self.cfg, self.encode = cfg, TextEncoder(tokenizer, cfg.max_length)
+        self.cfg, self.encode = cfg, CaptionTokenizer(tokenizer, cfg.max_length)
 
     def __call__(self, record: dict, flip: bool) -> dict:
         cfg = self.cfg

@@ -40,19 +40,32 @@ def shapes_word_tokenizer(model_max_length: int = 128):
 
 
 @functools.lru_cache(maxsize=8)
-def load_tokenizer(name_or_path: str, model_max_length: int = 128):
-    """`shapes_word`, or a tokenizer saved in a local folder (no hub access)."""
+def _load_tokenizer(name_or_path: str, max_length: int | None):
     if name_or_path == SHAPES_WORD:
-        return shapes_word_tokenizer(model_max_length)
+        return shapes_word_tokenizer(128 if max_length is None else max_length)
     import os
 
     if not os.path.isdir(name_or_path):
         raise FileNotFoundError(
-            f"tokenizer {name_or_path!r} is neither {SHAPES_WORD!r} nor a local folder with a saved tokenizer"
-        )
+            f"tokenizer {name_or_path!r} is neither {SHAPES_WORD!r} nor a local folder with a saved tokenizer. "
+            f"t2ijax never downloads models: download it elsewhere (e.g. `huggingface-cli download "
+            f"{name_or_path} --local-dir DIR`) and pass the local folder path.")
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
+    if max_length is not None:
+        tokenizer.model_max_length = int(max_length)
+    return tokenizer
+
+
+def load_tokenizer(name_or_path, max_length: int | None = None):
+    """The one tokenizer loader: "shapes_word" (the Shapes word-level tokenizer) or a tokenizer saved in a local
+    folder (`transformers.AutoTokenizer`, never the network). `max_length` sets ``model_max_length`` (the
+    length ``padding="max_length"`` and ``truncation=True`` use), e.g. 128 for ELLA's fixed-length T5 mode or
+    77 for CLIP. Loaded tokenizers are cached per (name, max_length)."""
+    import os
+
+    return _load_tokenizer(os.fspath(name_or_path), None if max_length is None else int(max_length))
 
 
 def tokenize(tokenizer, texts, max_length: int, *, return_offsets: bool = False) -> dict:
@@ -81,7 +94,7 @@ def spans_to_token_mask(offsets: np.ndarray, spans) -> np.ndarray:
     return mask
 
 
-class TextEncoder:
+class CaptionTokenizer:
     """Per-example tokenization for the input pipeline: fixed-length ids, mask and character offsets.
 
     Fast tokenizers run through a private copy of their Rust backend with padding

@@ -25,7 +25,7 @@ from t2ijax.diffusion.edm import precondition as edm_precondition
 from t2ijax.diffusion.edm import preconditioning as edm_preconditioning
 from t2ijax.diffusion.edm import sample_training_sigmas as edm_sample_training_sigmas
 from t2ijax.diffusion.guidance import cfg_denoise, rescale_guidance, tree_concat
-from t2ijax.diffusion.loop import expert_table_from_boundaries, sample
+from t2ijax.diffusion.sample_loop import expert_table_from_boundaries, sample
 from t2ijax.diffusion.samplers import DDIM, DPMSolverPlusPlus, Euler, Heun, SamplingPlan
 from t2ijax.diffusion.schedules import (
     DiscreteSchedule,

@@ -66,13 +66,13 @@ def clip_embedders(clip_path: str, tokenizer=None, max_length: int = 77):
     """
     import jax
 
-    from t2ijax.data.tokenizer import TextEncoder, load_tokenizer
+    from t2ijax.data.tokenizer import CaptionTokenizer, load_tokenizer
     from t2ijax.weights import load_clip
 
     module, params = load_clip(clip_path)
     if tokenizer is None or isinstance(tokenizer, str):
         tokenizer = load_tokenizer(tokenizer or clip_path, max_length)
-    encode = TextEncoder(tokenizer, max_length)
+    encode = CaptionTokenizer(tokenizer, max_length)
     image_size = module.vision_config.image_size
     image_fn = jax.jit(lambda p, x: module.apply({"params": p}, x, method="get_image_features"))
     text_fn = jax.jit(lambda p, ids, mask: module.apply({"params": p}, ids, mask, method="get_text_features"))

@@ -3,7 +3,7 @@
   load_text_encoder(path) -> (module, params)   T5 / mT5 / UMT5 encoder, CLIP text tower, Llama
   load_clip(path) -> (module, params)           full CLIPModel (text + vision towers, projections)
   save_text_encoder(module, params, path)       back to the Hugging Face layout (bit-exact round trip)
-  load_tokenizer(path, max_length=None)         transformers.AutoTokenizer from a local folder
+  load_tokenizer(path, max_length=None)         the one tokenizer loader (t2ijax.data.tokenizer), re-exported
 
 Only local folders are read (nothing is downloaded) and only safetensors (never pickles).
 The model is chosen from config.json's ``model_type``:
@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t2ijax.data.tokenizer import load_tokenizer  # noqa: F401  (re-exported: the one tokenizer loader)
 from t2ijax.models.layers import abstract_init
 from t2ijax.models.text.clip import CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPVisionConfig
 from t2ijax.models.text.llama import LlamaConfig, LlamaModel
@@ -161,16 +162,3 @@ def save_text_encoder(module, params, path, *, max_shard_bytes: int | None = Non
     write_config(cfg, path)
 
 
-def load_tokenizer(path, max_length: int | None = None):
-    """`transformers.AutoTokenizer` from a local folder; never touches the network.
-
-    max_length: sets `tokenizer.model_max_length` (the length `padding="max_length"` and
-    `truncation=True` use), e.g. 128 for ELLA's fixed-length T5 mode or 77 for CLIP.
-    """
-    path = _require_local_folder(path)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    if max_length is not None:
-        tokenizer.model_max_length = int(max_length)
-    return tokenizer

@@ -23,7 +23,7 @@ from t2ijax.diffusion import (  # noqa: E402
     sigma_from_timestep,
     tree_concat,
 )
-from t2ijax.diffusion.loop import _segments  # noqa: E402
+from t2ijax.diffusion.sample_loop import _segments  # noqa: E402
 
 LINEAR = DiscreteSchedule()
 SD = DiscreteSchedule(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
