@@ -132,3 +132,69 @@ def test_bad_options_fail_before_compute(t5_folder, tmp_path):
         build_feature_cache(t5_folder, CAPTIONS, tmp_path / "x", batch_size=2, max_length=8, dtype="bfloat16")
     with pytest.raises(FileNotFoundError, match="not found"):
         FeatureCache(tmp_path / "missing.array_record")
+
+
+def _embeddings_cache(path, ids):
+    from t2ijax.data.feature_cache import write_arrays
+
+    rng = np.random.default_rng(0)
+    records = [(i, {"text_embed": rng.normal(size=8).astype(np.float16),
+                    "image_embed": np.full((8,), i, np.float32),
+                    "tokens": rng.normal(size=(3, 4)).astype(np.float32)}) for i in ids]
+    write_arrays(records, path, metadata={"what": "clip embeddings"})
+    return dict(records)
+
+
+def test_named_arrays_keyed_by_example_id(tmp_path):
+    from t2ijax.data.feature_cache import write_arrays
+
+    ids = [17, 3, 250, 9, 41]
+    written = _embeddings_cache(tmp_path / "emb.array_record", ids)
+    cache = FeatureCache(tmp_path / "emb.array_record")
+    assert len(cache) == 5 and list(cache.example_ids) == ids
+    assert cache.metadata["fields"]["tokens"] == {"shape": [3, 4], "dtype": "float32"}
+    assert cache.metadata["what"] == "clip embeddings"
+    batch = cache.lookup([250, 3])
+    assert batch["image_embed"].shape == (2, 8) and batch["image_embed"][:, 0].tolist() == [250, 3]
+    np.testing.assert_array_equal(batch["text_embed"][1], written[3]["text_embed"])
+    assert batch["text_embed"].dtype == np.float16
+    with pytest.raises(KeyError, match="example id 4 is not in feature cache"):
+        cache.lookup([4])
+    with pytest.raises(ValueError, match="has fields"):
+        write_arrays([(0, {"a": np.zeros(2)}), (1, {"a": np.zeros(3)})], tmp_path / "bad.array_record")
+    with pytest.raises(ValueError, match="not unique"):
+        write_arrays([(0, {"a": np.zeros(2)}), (0, {"a": np.zeros(2)})], tmp_path / "dup.array_record")
+
+
+def test_cached_feature_loader_trains_from_the_cache_alone(tmp_path):
+    from t2ijax.data.feature_cache import CachedFeatureLoader
+
+    ids = list(range(100, 110))
+    _embeddings_cache(tmp_path / "emb.array_record", ids)
+    path = str(tmp_path / "emb.array_record")
+    loader = CachedFeatureLoader(path, batch_size=4, seed=3)
+    batches = [next(loader) for _ in range(5)]  # 20 examples: two epochs
+    seen = np.concatenate([b["example_id"] for b in batches])
+    assert sorted(seen[:10]) == ids and sorted(seen[10:20]) == ids and list(seen[:10]) != list(seen[10:20])
+    assert set(batches[0]) == {"text_embed", "image_embed", "tokens", "example_id"}  # no image decoded
+    np.testing.assert_array_equal(batches[1]["image_embed"][:, 0], batches[1]["example_id"])
+    # exact resume
+    resumed = CachedFeatureLoader(path, batch_size=4, seed=3)
+    resumed.set_state({"next_batch": 2})
+    np.testing.assert_array_equal(next(resumed)["example_id"], batches[2]["example_id"])
+    # two shards read disjoint halves of each global batch
+    a = CachedFeatureLoader(path, batch_size=2, seed=3, shard_index=0, shard_count=2)
+    b = CachedFeatureLoader(path, batch_size=2, seed=3, shard_index=1, shard_count=2)
+    joint = np.concatenate([next(a)["example_id"], next(b)["example_id"]])
+    np.testing.assert_array_equal(joint, batches[0]["example_id"])
+
+
+def test_text_feature_cache_records_are_example_ids(t5_folder, tmp_path):
+    out = tmp_path / "t5.array_record"
+    build_feature_cache(t5_folder, iter(CAPTIONS), out, batch_size=BATCH, max_length=MAX_LENGTH, dtype="float32")
+    cache = FeatureCache(out)
+    assert list(cache.example_ids) == list(range(len(CAPTIONS)))  # record i is the train split's row i
+    batch = cache.lookup([2, 0])
+    assert "caption" not in batch and batch["hidden_states"].shape == (2, MAX_LENGTH, 16)
+    np.testing.assert_array_equal(batch["hidden_states"][0], cache[2]["hidden_states"])
+    np.testing.assert_array_equal(batch["attention_mask"][1], cache[0]["attention_mask"])

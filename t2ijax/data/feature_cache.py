@@ -1,6 +1,12 @@
-"""Precomputed text-encoder features in an ArrayRecord file.
+"""Precomputed features in an ArrayRecord file: text-encoder states, or any named arrays per example.
 
-A frozen encoder (T5, CLIP, Llama) is run once over the captions, in fixed-shape batches
+Generic caches (`write_arrays`): each record holds named arrays of any kind (text token states, pooled text
+embeddings, CLIP image embeddings, LLM features ...) and is keyed by its example id (the "example_id" /
+"record" index of the data loaders); `FeatureCache.lookup(ids)` returns a batch of them by id, and
+`CachedFeatureLoader` trains from a cache alone (no image decoding). The ids are stored beside the file in
+`<path>.ids.npy` (loaded with allow_pickle=False).
+
+Text-feature caches (`write_feature_cache`, `build_feature_cache`): a frozen encoder (T5, CLIP, Llama) is run once over the captions, in fixed-shape batches
 (one jit compilation; the last batch is padded with empty captions that are not written),
 and every caption becomes one record holding:
 
@@ -16,7 +22,8 @@ Records are safetensors bytes (`safetensors.numpy.save`), so reading executes no
 dtypes, max_length, count and a SHA-256 of the captions.
 
 `FeatureCache(path)` reads records by index (`cache[i]`, `len(cache)`), so it works as a
-Grain random-access data source; it can be pickled into worker processes.
+Grain random-access data source; it can be pickled into worker processes. A text-feature cache's record i
+is example id i (the train split's row order).
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import load as load_arrays
 from safetensors.numpy import save as save_arrays
+
+from t2ijax.data.procedural import ProceduralLoader
 
 FORMAT = "t2ijax.feature_cache/1"
 STORAGE_DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -181,8 +190,47 @@ def build_feature_cache(encoder_path, captions: Iterable[str], out_path, *, batc
                                max_length=max_length, dtype=dtype, pooling=pooling, metadata=meta)
 
 
+def ids_path(path) -> str:
+    return f"{os.fspath(path)}.ids.npy"
+
+
+def write_arrays(records: Iterable[tuple[int, dict[str, np.ndarray]]], out_path, *,
+                 metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write (example id, {name: array}) records; every record must have the same names, shapes and dtypes
+    (checked, the first record sets them) and ids must be unique. Returns the metadata written to
+    `<out_path>.json` (field shapes and dtypes, count)."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    out_path = os.fspath(out_path)
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    writer = ArrayRecordWriter(out_path, "group_size:1")
+    ids, fields = [], None
+    try:
+        for example_id, arrays in records:
+            arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+            layout = {k: {"shape": list(v.shape), "dtype": v.dtype.name} for k, v in sorted(arrays.items())}
+            if fields is None:
+                fields = layout
+            elif layout != fields:
+                raise ValueError(f"record of example {example_id} has fields {layout}; the first record had {fields}")
+            ids.append(int(example_id))
+            writer.write(save_arrays(arrays))
+    finally:
+        writer.close()
+    id_array = np.asarray(ids, np.int64)
+    if len(np.unique(id_array)) != len(id_array):
+        raise ValueError(f"{out_path}: example ids are not unique")
+    np.save(ids_path(out_path), id_array, allow_pickle=False)
+    meta = dict(metadata or {})
+    meta.update(format=FORMAT, count=len(ids), fields=fields or {})
+    with open(metadata_path(out_path), "w") as f:
+        json.dump(meta, f, indent=2, sort_keys=True)
+    return meta
+
+
 class FeatureCache:
-    """Random-access reader of a feature cache: `cache[i]` -> dict of arrays plus "caption" (str)."""
+    """Random-access reader of a feature cache: `cache[i]` -> dict of arrays (plus "caption" (str) in a
+    text-feature cache); `cache.lookup(example_ids)` -> a batch of the records of those example ids."""
 
     def __init__(self, path):
         self.path = os.fspath(path)
@@ -207,6 +255,30 @@ class FeatureCache:
 
     def __len__(self) -> int:
         return int(self.metadata["count"])
+
+    @functools.cached_property
+    def example_ids(self) -> np.ndarray:
+        """The example id of every record (record i of a text-feature cache is example i)."""
+        if os.path.exists(ids_path(self.path)):
+            return np.load(ids_path(self.path), allow_pickle=False)
+        return np.arange(len(self), dtype=np.int64)
+
+    @functools.cached_property
+    def _position(self) -> dict[int, int]:
+        return {int(e): i for i, e in enumerate(self.example_ids)}
+
+    def lookup(self, example_ids) -> dict[str, np.ndarray]:
+        """The records of `example_ids` stacked into a batch (text captions are dropped); an id the cache does
+        not hold is an error naming it."""
+        positions = []
+        for e in np.asarray(example_ids).reshape(-1):
+            if int(e) not in self._position:
+                raise KeyError(f"example id {int(e)} is not in feature cache {self.path} ({len(self)} records)")
+            positions.append(self._position[int(e)])
+        records = [load_arrays(r) for r in self._open().read(positions)]
+        for r in records:
+            r.pop("caption", None)
+        return {k: np.stack([r[k] for r in records]) for k in records[0]}
 
     def read(self, index: int) -> dict[str, Any]:
         n = len(self)
@@ -240,3 +312,33 @@ class FeatureCache:
 
     def __repr__(self) -> str:
         return f"FeatureCache({self.path!r}, count={len(self)}, dtype={self.metadata.get('dtype')})"
+
+
+class CachedFeatureLoader(ProceduralLoader):
+    """Batches read from a feature cache alone (no image decoding): a method that trains on cached embeddings
+    (ECLIPSE's prior on CLIP text and image embeddings) needs nothing else. Each epoch visits every record
+    once in an order shuffled by (seed, epoch); batches carry the cached arrays and "example_id". Exact resume
+    (the state is the batch index), shardable like the other procedural loaders."""
+
+    def __init__(self, cache: FeatureCache | str, *, batch_size: int, seed: int, shard_index: int = 0,
+                 shard_count: int = 1, shuffle: bool = True):
+        super().__init__(batch_size=batch_size, seed=seed, shard_index=shard_index, shard_count=shard_count)
+        self.cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
+        self.shuffle = shuffle
+        if len(self.cache) == 0:
+            raise ValueError(f"feature cache {self.cache.path} is empty")
+        self._orders: dict[int, np.ndarray] = {}
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            ids = self.cache.example_ids
+            if len(self._orders) > 1:  # a batch spans at most two epochs
+                self._orders.pop(min(self._orders))
+            self._orders[epoch] = np.random.default_rng([self.seed, epoch]).permutation(ids) if self.shuffle else ids
+        return self._orders[epoch]
+
+    def batch(self, n: int) -> dict[str, np.ndarray]:
+        count = len(self.cache)
+        positions = self.example_ids(n).astype(np.int64)  # global positions in the endless stream of epochs
+        ids = np.asarray([self._order(int(p // count))[p % count] for p in positions])
+        return {**self.cache.lookup(ids), "example_id": ids.astype(np.int32)}
