@@ -116,6 +116,30 @@ def test_random_flip_keeps_regions_aligned(shapes_config):
     assert swapped > 0
 
 
+def test_several_caption_kinds_and_tokenizations(shapes_config, tmp_path):
+    """A batch may carry several caption kinds, each with its own tokenizer and length (SUR: a short and a
+    narrative caption per example; ELLA: a CLIP and an LLM tokenization)."""
+    other = tmp_path / "other_tok"
+    load_tokenizer("shapes_word").save_pretrained(other)  # a second tokenizer, from a folder
+    cfg = shapes_config.copy_and_resolve_references()
+    cfg.extra_captions = {"short": "short::24", "narrative": f"narrative:{other}:100"}
+    loader = make_loader(cfg, split="train", batch_size=4, seed=0)
+    batch = next(loader)
+    assert batch["short_input_ids"].shape == (4, 24) and batch["narrative_input_ids"].shape == (4, 100)
+    assert batch["short_attention_mask"].dtype == np.int32
+    tok = load_tokenizer("shapes_word")
+    for b in range(4):
+        ex = shapes.make_example(3, "train", int(batch["index"][b]), 32)
+        np.testing.assert_array_equal(batch["short_input_ids"][b], tokenize(tok, [ex.captions["short"]], 24)["input_ids"][0])
+        np.testing.assert_array_equal(batch["narrative_input_ids"][b],
+                                      tokenize(tok, [ex.captions["narrative"]], 100)["input_ids"][0])
+        np.testing.assert_array_equal(batch["input_ids"][b], tokenize(tok, [ex.captions["dense"]], 96)["input_ids"][0])
+    for bad in ({"x": "long"}, {"x": "short:tok:1"}, {"image": "short"}):
+        cfg.extra_captions = bad
+        with pytest.raises(ValueError, match="extra_captions"):
+            make_loader(cfg, split="train", batch_size=4, seed=0)
+
+
 def test_bad_config_is_rejected(shapes_config):
     with pytest.raises(ValueError, match="caption"):
         make_loader(default_data_config(caption="long"), split="train", batch_size=2, seed=0)

@@ -26,6 +26,10 @@ def default_data_config(**overrides) -> ml_collections.ConfigDict:
         "seed": 0,                    # Shapes scene seed
         "random_flip": False,         # Shapes: also swaps "left"/"right" tokens so captions stay true
         "with_regions": True,         # Shapes: boxes, masks, key-token and object-token masks
+        # More captions per example, each tokenized on its own: {name: "kind" or "kind:tokenizer:max_length"}
+        # (tokenizer and max_length default to the main ones) -> batch fields <name>_input_ids and
+        # <name>_attention_mask, e.g. {"narrative": "narrative", "llm": "dense:/models/llama:256"}.
+        "extra_captions": {},
         "worker_count": 0,            # Grain worker processes (0 = in the calling process)
         "read_threads": 16,           # Grain threads reading + transforming rows (0 = synchronous)
         "prefetch_buffer_size": 500,  # rows read ahead by those threads

@@ -15,6 +15,9 @@ int32 (the scene / line index in the source). Shapes adds, with
 (B, 4, H, W) float32; "object_valid" (B, 4); "key_token_mask" (B, L) marking the
 tokens of key words (colour, shape, size, relation, count) and
 "object_token_mask" (B, 4, L) marking each object's phrase in the caption.
+Each caption kind of `data_config.extra_captions` (name -> "kind[:tokenizer[:max_length]]") adds
+"<name>_input_ids" / "<name>_attention_mask", tokenized with its own tokenizer and length: a batch can
+carry a short and a narrative caption, or a CLIP and an LLM tokenization of one caption.
 
 Random flips (`data_config.random_flip`, off by default) mirror the image and, on
 Shapes, its masks and boxes, and swap the "left" / "right" token ids of the caption
@@ -65,6 +68,46 @@ def _validate(cfg, split, batch_size, shard_index, shard_count):
         raise ValueError(f"max_length must be >= 2, got {cfg.max_length}")
     if split not in ("train", "validation", "test"):
         raise ValueError(f"split must be 'train', 'validation' or 'test', got {split!r}")
+    extra_captions(cfg)
+
+
+def extra_captions(cfg) -> dict[str, tuple[str, str, int]]:
+    """``data.extra_captions`` parsed: name -> (caption kind, tokenizer, max_length), defaults filled in."""
+    out = {}
+    for name, spec in dict(cfg.get("extra_captions", {}) or {}).items():
+        parts = str(spec).split(":")
+        kind, tokenizer = parts[0], parts[1] if len(parts) > 1 and parts[1] else cfg.tokenizer
+        max_length = int(parts[2]) if len(parts) > 2 and parts[2] else int(cfg.max_length)
+        if kind not in CAPTION_KINDS or len(parts) > 3 or max_length < 2:
+            raise ValueError(f"data.extra_captions[{name!r}] = {spec!r}: expected 'kind[:tokenizer[:max_length]]' "
+                             f"with kind in {CAPTION_KINDS} and max_length >= 2")
+        if name in ("image", "input", "attention", "record", "index"):
+            raise ValueError(f"data.extra_captions name {name!r} would collide with a batch field")
+        if cfg.get("random_flip") and tokenizer != cfg.tokenizer:
+            raise ValueError(f"data.extra_captions[{name!r}] uses another tokenizer; random_flip swaps the main "
+                             "tokenizer's 'left'/'right' ids only: turn random_flip off")
+        out[name] = (kind, tokenizer, max_length)
+    return out
+
+
+class _ExtraCaptions:
+    """The extra caption kinds of a row, each with its own tokenization (``data.extra_captions``)."""
+
+    def __init__(self, cfg, swap):
+        self.encoders = {name: (kind, CaptionTokenizer(load_tokenizer(tok, length), length))
+                         for name, (kind, tok, length) in extra_captions(cfg).items()}
+        self.swap = swap
+
+    def __call__(self, caption_of, flip: bool) -> dict:
+        out = {}
+        for name, (kind, encode) in self.encoders.items():
+            tok = encode(caption_of(kind))
+            ids = tok["input_ids"]
+            if flip and self.swap is not None:
+                left, right = self.swap
+                ids = np.where(ids == left, right, np.where(ids == right, left, ids))
+            out[f"{name}_input_ids"], out[f"{name}_attention_mask"] = ids.astype(np.int32), tok["attention_mask"]
+        return out
 
 
 def _text(value) -> str:
@@ -94,6 +137,7 @@ class _ShapesTransform:
     def __init__(self, cfg, tokenizer):
         self.cfg, self.encode = cfg, CaptionTokenizer(tokenizer, cfg.max_length)
         self.swap = left_right_token_ids(tokenizer) if cfg.random_flip else None
+        self.extras = _ExtraCaptions(cfg, self.swap)
 
     def __call__(self, record: dict, flip: bool) -> dict:
         cfg = self.cfg
@@ -110,6 +154,7 @@ class _ShapesTransform:
             "attention_mask": tok["attention_mask"],
             "record": np.int32(record["_record"]),
             "index": np.int32(record["index"]),
+            **self.extras(lambda kind: _text(record[kind]), flip),
         }
         if cfg.with_regions:
             spans = json.loads(_text(record["scene_graph"]))["spans"][cfg.caption]
@@ -132,10 +177,12 @@ class _ShapesTransform:
 class _FolderTransform:
     def __init__(self, cfg, tokenizer):
         self.cfg, self.encode = cfg, CaptionTokenizer(tokenizer, cfg.max_length)
+        self.extras = _ExtraCaptions(cfg, None)
 
     def __call__(self, record: dict, flip: bool) -> dict:
         cfg = self.cfg
-        caption = folder_caption(json.loads(_text(record["fields"])), cfg.caption)
+        fields = json.loads(_text(record["fields"]))
+        caption = folder_caption(fields, cfg.caption)
         tok = self.encode(caption)
         image = preprocess.decode_image(record["image_bytes"])
         return {
@@ -144,6 +191,7 @@ class _FolderTransform:
             "attention_mask": tok["attention_mask"],
             "record": np.int32(record["_record"]),
             "index": np.int32(record["index"]),
+            **self.extras(lambda kind: folder_caption(fields, kind), flip),
         }
 
 
