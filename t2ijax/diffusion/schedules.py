@@ -176,19 +176,22 @@ def min_snr_weights(snr_values, gamma: float, prediction_type: str):
     return clipped
 
 
-def diffusion_loss(pred, target, weights=None):
+def diffusion_loss(pred, target, weights=None, *, pixel_weights=None):
     """Weighted MSE: per-example mean over non-batch axes, times ``weights`` (B,), batch mean.
 
-    With ``weights=None`` this is ``F.mse_loss(pred, target)`` (reduction "mean"). Computed
-    in float32 whatever the input dtype.
+    ``pixel_weights`` (broadcastable to ``pred``, e.g. a (B, H, W, 1) region map) weighs each squared
+    error before the per-example mean. Unweighted, this is ``F.mse_loss(pred, target)`` (reduction
+    "mean"). Computed in float32 whatever the input dtype.
     """
     if pred.shape != target.shape:
         raise ValueError(f"pred and target shapes differ: {pred.shape} vs {target.shape}")
     err = jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32))
+    if pixel_weights is not None:
+        err = err * jnp.broadcast_to(jnp.asarray(pixel_weights, jnp.float32), err.shape)
+    if weights is None:
+        return err.mean()
     per_example = err.reshape(err.shape[0], -1).mean(axis=1)
-    if weights is not None:
-        weights = jnp.asarray(weights, jnp.float32)
-        if weights.shape != per_example.shape:
-            raise ValueError(f"weights must have shape {per_example.shape}, got {weights.shape}")
-        per_example = per_example * weights
-    return per_example.mean()
+    weights = jnp.asarray(weights, jnp.float32)
+    if weights.shape != per_example.shape:
+        raise ValueError(f"weights must have shape {per_example.shape}, got {weights.shape}")
+    return (per_example * weights).mean()

@@ -17,9 +17,10 @@ prompt is the classifier-free-guidance unconditional input at sampling time.
 config.model:
   ella                 ELLA constructor fields (`input_dim` = LLM width, `width` = U-Net
                        cross_attention_dim); empty = the released ELLA-SD1.5 TSC
-  unet_path / unet     a diffusers U-Net folder (frozen), or a U-Net config initialised at
-                       random with `frozen_seed` (smoke tests only: a random frozen U-Net learns nothing useful)
-  vae_path / vae       optional frozen VAE (folder or config): train in its latent space;
+  unet_path / unet     a diffusers U-Net folder (frozen; or a folder holding unet/), or a U-Net config
+                       initialised at random with `frozen_seed` (smoke tests only, with a warning: a random
+                       frozen U-Net learns nothing useful)
+  vae_path / vae       optional frozen VAE (folder, or one holding vae/; or config): train in its latent space;
                        neither = pixel space (the U-Net's in_channels must be 3)
   text_encoder_path / text   the frozen LLM: a local Hugging Face folder (T5 / Flan-T5 / mT5 /
                        UMT5 encoder, or Llama: TinyLlama, LLaMA-2; `t2ijax.weights.load_text_encoder`),
@@ -41,6 +42,7 @@ config.model:
   prediction_type      "epsilon" (the paper); "v_prediction" / "sample" for other U-Nets
   schedule             {num_train_timesteps, beta_start, beta_end, beta_schedule}
   frozen_seed          seed for randomly initialised frozen modules
+  min_snr_gamma        optional min-SNR-gamma loss weighting (`t2ijax.methods.common.denoising_loss`)
 config.sample: {num_steps, guidance_scale, clip_sample (default: on for pixel-space U-Nets, off with a VAE)}
 config.data.tokenizer must be the T5 tokenizer folder (or `shapes_word` for tests).
 """
@@ -51,150 +53,58 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t2ijax import diffusion
+from t2ijax.methods.common import (
+    CachedFeaturesLoader,
+    DiffusionMethod,
+    as_dict,
+    field,
+    frozen_text_encoder,
+    frozen_unet,
+    frozen_vae,
+    open_feature_cache,
+    random_frozen_params,  # noqa: F401  (re-exported: the method's historical home)
+    text_width,
+    training_captions,
+)
 from t2ijax.models.ella import ELLA, ella_denoise
-from t2ijax.train.sampling import initial_noise
 
 TEXT_MODES = ("fixed", "flexible")
 
 
-def _field(cfg, name, default=None):
-    return cfg[name] if name in cfg and cfg[name] not in (None, "") else default
-
-
-def _as_dict(value) -> dict:
-    if value is None:
-        return {}
-    return dict(value.to_dict() if hasattr(value, "to_dict") else value)
-
-
-def random_frozen_params(module, rng: np.random.Generator, *args, **kwargs):
-    """Random params for a stand-in frozen module, drawn on the host (no init compilation).
-
-    Norm scales 1, biases 0, other leaves N(0, 1/fan_in) with fan_in = prod(shape[:-1])
-    (embeddings N(0, 1)). Only for smoke runs without pretrained weights.
-    """
-    from t2ijax.models.layers import abstract_init
-
-    abstract, _ = abstract_init(module, *args, **kwargs)
-
-    def draw(path, leaf):
-        name = str(getattr(path[-1], "key", path[-1]))
-        if name == "scale":
-            return jnp.ones(leaf.shape, leaf.dtype)
-        if name == "bias":
-            return jnp.zeros(leaf.shape, leaf.dtype)
-        fan_in = 1 if name == "embedding" else max(1, int(np.prod(leaf.shape[:-1])))
-        return jnp.asarray(rng.standard_normal(leaf.shape) / np.sqrt(fan_in), leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(draw, abstract)
-
-
-def training_captions(data_config) -> list[str]:
-    """The train split's captions (kind `data_config.caption`) in row order: record i of a feature cache."""
-    from t2ijax.data.pipeline import make_loader
-
-    loader = make_loader(data_config, split="train", batch_size=1, seed=0, shuffle=False, drop_remainder=False)
-    return [loader.caption(i) for i in range(len(loader.source))]
-
-
-class CachedFeaturesLoader:
-    """Wraps a data loader: adds "text_features" (B, L, D) = cache[batch["record"]] to every batch.
-
-    Each record's stored attention mask must equal the batch's (same tokenizer and max_length,
-    same caption): a cheap check that the cache belongs to this split and tokenization.
-    """
-
-    def __init__(self, loader, cache):
-        self.loader, self.cache = loader, cache
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict:
-        batch = dict(next(self.loader))
-        if "record" not in batch:
-            raise ValueError("model.feature_cache needs batches with a 'record' index (a t2ijax.data.pipeline "
-                             "dataset, not data.name='synthetic')")
-        rows = [self.cache[int(r)] for r in batch["record"]]
-        mask = np.stack([r["attention_mask"] for r in rows]).astype(np.int32)
-        if not np.array_equal(mask, np.asarray(batch["attention_mask"], np.int32)):
-            bad = [int(r) for r, a, b in zip(batch["record"], mask, batch["attention_mask"]) if not np.array_equal(a, b)]
-            raise ValueError(f"feature cache {self.cache.path} does not match the data at train rows {bad[:5]}: "
-                             "rebuild it for this dataset, caption kind, tokenizer and max_length")
-        batch["text_features"] = np.stack([r["hidden_states"] for r in rows])
-        return batch
-
-    def get_state(self):
-        return self.loader.get_state()
-
-    def set_state(self, state) -> None:
-        self.loader.set_state(state)
-
-    def __getattr__(self, name):  # caption(), example(), source ... of the wrapped loader
-        return getattr(self.loader, name)
-
-
-class ELLAMethod:
+class ELLAMethod(DiffusionMethod):
     """Method interface (t2ijax.train.method): trainable params = the TSC; frozen U-Net, T5 and VAE."""
 
-    flops_per_example = None  # taken from XLA's cost analysis of the compiled step
     trainable_item = "connector"
 
     def __init__(self, config):
-        from t2ijax.data.tokenizer import load_tokenizer, tokenize
-
+        super().__init__(config)
         m = config.model
-        self.dtype = jnp.dtype(config.compute_dtype)
-        self.max_length = int(config.data.max_length)
-        self.resolution = int(config.data.resolution)
-        self.text_mode = str(_field(m, "text_mode", "fixed"))
+        self.text_mode = str(field(m, "text_mode", "fixed"))
         if self.text_mode not in TEXT_MODES:
             raise ValueError(f"model.text_mode must be one of {TEXT_MODES}, got {self.text_mode!r}")
-        self.caption_dropout = float(_field(m, "caption_dropout", 0.1))
-        if not 0.0 <= self.caption_dropout <= 1.0:
-            raise ValueError(f"model.caption_dropout must be in [0, 1], got {self.caption_dropout}")
-        self.prediction_type = str(_field(m, "prediction_type", "epsilon"))
-        diffusion.schedules.check_prediction_type(self.prediction_type)
-        self.schedule = diffusion.DiscreteSchedule(**_as_dict(_field(m, "schedule", {})))
-        self.frozen_seed = int(_field(m, "frozen_seed", 0))
-        self.feature_cache = _field(m, "feature_cache")
-        self.feature_cache_dtype = str(_field(m, "feature_cache_dtype", "float16"))
+        self.frozen_seed = int(field(m, "frozen_seed", 0))
+        self.feature_cache = field(m, "feature_cache")
+        self.feature_cache_dtype = str(field(m, "feature_cache_dtype", "float16"))
         self.data_config = config.data
-        self.sample_steps = int(config.sample.num_steps)
-        self.guidance_scale = float(config.sample.guidance_scale)
-        self.tokenizer = load_tokenizer(config.data.tokenizer, self.max_length)
-        self._tokenize = tokenize
         self._build_frozen_modules(m)
         self._build_tsc(m)
-        # DDIM's x0 clipping (diffusers' clip_sample) suits pixel-space U-Nets (data in [-1, 1]), not VAE latents.
         self.clip_sample = bool(config.sample.get("clip_sample", self.vae is None))
 
     # ---------------------------------------------------------------- modules
 
     def _build_frozen_modules(self, m):
-        from t2ijax.models.unet import UNet2DConditionModel
-        from t2ijax.models.vae import AutoencoderKL
-        from t2ijax.weights.torch_layout import read_config
-
-        self.text_dtype = jnp.dtype(_field(m, "text_dtype", "float16"))
-        self.text_encoder_path = _field(m, "text_encoder_path")
-        self.text_encoder = self._build_text_encoder(m)
-
-        self.unet_path = _field(m, "unet_path")
-        if self.unet_path:
-            self.unet = UNet2DConditionModel.from_config(read_config(self.unet_path), dtype=self.dtype)
-        elif _field(m, "unet"):
-            self.unet = UNet2DConditionModel.from_config(_as_dict(m.unet), dtype=self.dtype)
-        else:
+        self.text_dtype = jnp.dtype(field(m, "text_dtype", "float16"))
+        self._frozen_text = frozen_text_encoder(
+            field(m, "text_encoder_path"), field(m, "text"), str(field(m, "text_encoder_type", "t5")),
+            self.text_dtype, vocab_size=len(self.tokenizer), max_length=self.max_length, kinds=("t5", "llama"),
+            what="ELLA LLM")
+        self.text_encoder, self.text_encoder_path = self._frozen_text.module, self._frozen_text.path
+        self._frozen_unet = frozen_unet(field(m, "unet_path"), field(m, "unet"), self.dtype)
+        if self._frozen_unet is None:
             raise ValueError("ELLA needs model.unet_path (a diffusers U-Net folder) or model.unet (its config)")
-
-        self.vae_path = _field(m, "vae_path")
-        self.vae = None
-        if self.vae_path:
-            self.vae = AutoencoderKL.from_config(read_config(self.vae_path), dtype=self.dtype)
-        elif _field(m, "vae"):
-            self.vae = AutoencoderKL.from_config(_as_dict(m.vae), dtype=self.dtype)
+        self.unet = self._frozen_unet.module
+        self._frozen_vae = frozen_vae(field(m, "vae_path"), field(m, "vae"), self.dtype)
+        self.vae = self._frozen_vae.module if self._frozen_vae is not None else None
         channels = self.vae.latent_channels if self.vae is not None else 3
         if self.unet.in_channels != channels:
             raise ValueError(f"the U-Net takes {self.unet.in_channels} input channels but the "
@@ -204,45 +114,12 @@ class ELLAMethod:
             raise ValueError(f"data.resolution {self.resolution} is not divisible by the VAE factor {factor}")
         self.sample_size = self.resolution // factor
 
-    def _build_text_encoder(self, m):
-        """The frozen LLM module: from a local folder's config.json, or random of `text_encoder_type`."""
-        from t2ijax.models.text import T5Config, T5EncoderModel
-        from t2ijax.models.text.llama import LlamaConfig, LlamaModel
-        from t2ijax.models.text.t5 import T5_MODEL_TYPES
-        from t2ijax.weights.torch_layout import read_config
-
-        if self.text_encoder_path:
-            cfg = read_config(self.text_encoder_path)
-            kind = cfg.get("model_type")
-            if kind in T5_MODEL_TYPES:
-                return T5EncoderModel(T5Config.from_hf(cfg), dtype=self.text_dtype)
-            if kind == "llama":
-                return LlamaModel(LlamaConfig.from_hf(cfg), dtype=self.text_dtype)
-            raise ValueError(f"{self.text_encoder_path}/config.json has model_type {kind!r}; ELLA's LLM must be "
-                             f"one of {T5_MODEL_TYPES} or 'llama'")
-        fields = _as_dict(_field(m, "text"))
-        if not fields:
-            raise ValueError("ELLA needs model.text_encoder_path (a local T5 / Llama folder) or model.text "
-                             "(config fields of a random frozen encoder)")
-        if not int(fields.get("vocab_size", 0)):
-            fields["vocab_size"] = len(self.tokenizer)
-        kind = str(_field(m, "text_encoder_type", "t5"))
-        config_class, module_class = {"t5": (T5Config, T5EncoderModel), "llama": (LlamaConfig, LlamaModel)}.get(
-            kind, (None, None))
-        if config_class is None:
-            raise ValueError(f"model.text_encoder_type must be 't5' or 'llama', got {kind!r}")
-        try:
-            return module_class(config_class(**fields), dtype=self.text_dtype)
-        except TypeError as e:
-            raise ValueError(f"model.text has a field {config_class.__name__} lacks: {e}") from None
-
     @property
     def text_width(self) -> int:
-        cfg = self.text_encoder.config
-        return int(getattr(cfg, "d_model", None) or cfg.hidden_size)
+        return text_width(self.text_encoder)
 
     def _build_tsc(self, m):
-        overrides = _as_dict(_field(m, "ella", {}))
+        overrides = as_dict(field(m, "ella", {}))
         overrides.setdefault("dtype", self.dtype)
         try:
             self.tsc = ELLA(**overrides)
@@ -260,31 +137,13 @@ class ELLAMethod:
 
     def frozen(self, config):
         """{"unet", "text_encoder", ["vae"], "empty_features", "empty_mask"}; loaded or randomly initialised."""
-        from t2ijax.weights import load_text_encoder, load_unet, load_vae
-
-        rng = np.random.default_rng(self.frozen_seed)
-        out = {}
-        if self.unet_path:
-            out["unet"] = load_unet(self.unet_path)[1]
-        else:
-            sample, t, context, added = self.unet.example_inputs(context_length=8)
-            kwargs = {"added_cond_kwargs": added} if added is not None else {}
-            out["unet"] = random_frozen_params(self.unet, rng, sample, t, context, **kwargs)
-        if self.text_encoder_path:
-            out["text_encoder"] = load_text_encoder(self.text_encoder_path, dtype=self.text_dtype)[1]
-        else:
-            ids = jnp.zeros((1, self.max_length), jnp.int32)
-            out["text_encoder"] = random_frozen_params(self.text_encoder, rng, ids, jnp.ones_like(ids))
-        if self.vae is not None:
-            if self.vae_path:
-                out["vae"] = load_vae(self.vae_path)[1]
-            else:
-                size = 2 ** (len(self.vae.block_out_channels) - 1)
-                out["vae"] = random_frozen_params(self.vae, rng, jnp.zeros((1, size, size, self.vae.in_channels)))
-        empty = self._tokenize(self.tokenizer, [""], self.max_length)
-        out["empty_mask"] = jnp.asarray(empty["attention_mask"][0])
-        out["empty_features"] = jax.jit(self.encode_text)(out["text_encoder"], jnp.asarray(empty["input_ids"]),
-                                                          jnp.asarray(empty["attention_mask"]))[0]
+        rng = np.random.default_rng(self.frozen_seed)  # one stream, drawn U-Net, LLM, VAE in that order
+        out = {"unet": self._frozen_unet.params(rng), "text_encoder": self._frozen_text.params(rng)}
+        if self._frozen_vae is not None:
+            out["vae"] = self._frozen_vae.params(rng)
+        out["empty_mask"] = jnp.asarray(self.empty_mask)
+        out["empty_features"] = jax.jit(self.encode_text)(out["text_encoder"], jnp.asarray(self.empty_ids[None]),
+                                                          jnp.asarray(self.empty_mask[None]))[0]
         return out
 
     # ---------------------------------------------------------------- training
@@ -309,25 +168,19 @@ class ELLAMethod:
 
     def loss(self, params, frozen, batch, rng):
         images = batch["image"].astype(jnp.float32)
-        b = images.shape[0]
         drop_key, t_key, noise_key, vae_key = jax.random.split(rng, 4)
         if "text_features" in batch:  # from the feature cache (see wrap_loader)
             feats = batch["text_features"].astype(self.text_dtype)
         else:
             feats = self.encode_text(frozen["text_encoder"], batch["input_ids"], batch["attention_mask"])
-        drop = jax.random.bernoulli(drop_key, self.caption_dropout, (b,))
+        drop = self.drop_captions(drop_key, images.shape[0])
         feats = jnp.where(drop[:, None, None], frozen["empty_features"][None].astype(feats.dtype), feats)
         mask = jnp.where(drop[:, None], frozen["empty_mask"][None], batch["attention_mask"])
         feats = jax.lax.stop_gradient(feats)
         x0 = jax.lax.stop_gradient(self._to_model_space(frozen, images, vae_key))
-        t = jax.random.randint(t_key, (b,), 0, self.schedule.num_train_timesteps)
-        noise = jax.random.normal(noise_key, x0.shape)
-        x_t = diffusion.add_noise(self.schedule, x0, noise, t)
-        alpha, sigma = diffusion.alpha_sigma(self.schedule, t)
-        target = diffusion.training_target(self.prediction_type, x0, noise, alpha, sigma)
-        pred = ella_denoise(self._unet_apply, frozen["unet"], self.tsc, params, x_t, t, feats,
-                            self._tsc_mask(mask))
-        loss = jnp.mean((pred.astype(jnp.float32) - target) ** 2)
+        loss = self.denoising_loss(lambda x_t, t: ella_denoise(self._unet_apply, frozen["unet"], self.tsc, params,
+                                                                x_t, t, feats, self._tsc_mask(mask)),
+                                   x0, t_key, noise_key)
         return loss, {"caption_dropout_frac": jnp.mean(drop.astype(jnp.float32))}
 
     def _unet_apply(self, unet_params, x, t, context):
@@ -349,7 +202,7 @@ class ELLAMethod:
             return None
         path = os.path.expanduser(self.feature_cache)
         if os.path.exists(path):
-            self._open_cache(path)  # validates the existing cache against this config
+            open_feature_cache(path, self.max_length, self.text_width)  # validates it against this config
             return path
         captions = training_captions(self.data_config)
         frozen = self.frozen(config)
@@ -361,32 +214,11 @@ class ELLAMethod:
                             pooling="mean", metadata=meta)
         return path
 
-    def _open_cache(self, path):
-        from t2ijax.data.feature_cache import FeatureCache
-
-        cache = FeatureCache(path)
-        meta = cache.metadata
-        if int(meta["max_length"]) != self.max_length or int(meta["hidden_size"]) != self.text_width:
-            raise ValueError(f"feature cache {path} holds ({meta['max_length']}, {meta['hidden_size']}) features; "
-                             f"this config needs ({self.max_length}, {self.text_width}) (data.max_length, LLM width)")
-        return cache
-
     def wrap_loader(self, loader, split: str):
         """The train loader, plus "text_features" read from `model.feature_cache` when one is configured."""
         if not self.feature_cache or split != "train":
             return loader
-        import os
-
-        path = os.path.expanduser(self.feature_cache)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"model.feature_cache {path} does not exist: run `t2ijax prepare` with this "
-                                    "config (or t2ijax.data.feature_cache.build_feature_cache) first")
-        cache = self._open_cache(path)
-        rows = len(getattr(loader, "source", ()))
-        if rows != len(cache):
-            raise ValueError(f"feature cache {path} has {len(cache)} records but the train split has {rows} rows "
-                             "(the cache must hold the split's captions in row order)")
-        return CachedFeaturesLoader(loader, cache)
+        return CachedFeaturesLoader.from_path(loader, self.feature_cache, self.max_length, self.text_width)
 
     # ---------------------------------------------------------------- sampling
 
@@ -397,27 +229,21 @@ class ELLAMethod:
 
     def sample(self, params, frozen, prompts, rng=None, *, seeds=None, num_steps: int | None = None,
                guidance_scale: float | None = None) -> np.ndarray:
-        """uint8 images (N, H, W, 3) with deterministic DDIM and CFG against the TSC of T5("").
-
-        The initial noise comes from `seeds` (one per prompt; image i is a function of prompt i and seed i
-        only) or from one key `rng` for the batch (`t2ijax.train.sampling.initial_noise`)."""
-        if not prompts:
-            raise ValueError("sample needs at least one prompt")
-        n = len(prompts)
-        tok = self._tokenize(self.tokenizer, list(prompts), self.max_length)
-        ids, mask = jnp.asarray(tok["input_ids"]), jnp.asarray(tok["attention_mask"])
+        """uint8 images (N, H, W, 3) with deterministic DDIM and CFG against the TSC of T5("");
+        image i's initial noise from `seeds[i]`, or all from one key `rng`."""
+        ids, mask = self.tokens(prompts)
         cond = {"features": jax.jit(self.encode_text)(frozen["text_encoder"], ids, mask), "mask": mask}
         uncond = {"features": jnp.broadcast_to(frozen["empty_features"][None], cond["features"].shape),
                   "mask": jnp.broadcast_to(frozen["empty_mask"][None], mask.shape)}
-        sampler = diffusion.DDIM(schedule=self.schedule, prediction_type=self.prediction_type,
-                                 timestep_spacing="trailing", clip_sample=self.clip_sample)
-        x_T = initial_noise(n, (self.sample_size, self.sample_size, self.unet.in_channels), seeds=seeds, rng=rng)
-        x0 = diffusion.sample(self._denoise, {"unet": frozen["unet"], "tsc": params}, sampler, x_T, cond,
-                              num_steps=int(num_steps or self.sample_steps), uncond=uncond,
-                              guidance_scale=float(self.guidance_scale if guidance_scale is None else guidance_scale))
-        if self.vae is not None:
-            x0 = self.vae.apply({"params": frozen["vae"]}, self.vae.unscale_latents(x0), method="decode")
-        return np.asarray(jnp.clip((x0 + 1.0) * 127.5, 0, 255).round().astype(jnp.uint8))
+
+        def decode(x0):
+            if self.vae is None:
+                return x0
+            return self.vae.apply({"params": frozen["vae"]}, self.vae.unscale_latents(x0), method="decode")
+
+        return self.sample_images(self._denoise, {"unet": frozen["unet"], "tsc": params}, cond, uncond,
+                                  (self.sample_size, self.sample_size, self.unet.in_channels), seeds=seeds, rng=rng,
+                                  num_steps=num_steps, guidance_scale=guidance_scale, decode=decode)
 
     # ---------------------------------------------------------------- export
 

@@ -26,7 +26,8 @@ Contract (all functions pure and jittable unless noted):
       Training FLOPs per example (forward + backward, ~3x forward). None makes
       the loop use XLA's cost analysis of the compiled step.
 
-Optional:
+Optional (called only when defined; `t2ijax.methods.common.MethodHooks` declares them for methods to
+inherit, and docs/adding_a_method.md walks through a method):
 
   sample(params, frozen, prompts, rng=None, *, seeds=None, **kwargs) -> uint8 images (N, H, W, 3)
       Used by ``t2ijax sample`` / ``eval`` through `t2ijax.train.sampling.make_sampler`, which passes

@@ -81,8 +81,10 @@ def initial_noise(num: int, shape: Sequence[int], *, seeds: Sequence[int] | None
     return jnp.stack([jax.random.normal(jax.random.PRNGKey(int(s)), shape) for s in seeds])
 
 
-def _resolved(method, num_steps, guidance_scale) -> dict:
-    """The sampling settings a sampler uses, defaults filled in where the method exposes them."""
+def sampling_settings(method, num_steps: int | None = None, guidance_scale: float | None = None) -> dict:
+    """{"num_steps", "guidance_scale"}: the given values, else the method's defaults (its `sample_steps` and
+    `guidance_scale`, from config.sample). The one place sampling defaults are resolved: the methods'
+    `sample` (`t2ijax.methods.common.DiffusionMethod.sample_images`) and `make_sampler`'s reports."""
     return {"num_steps": num_steps or getattr(method, "sample_steps", None),
             "guidance_scale": getattr(method, "guidance_scale", None) if guidance_scale is None else guidance_scale}
 
@@ -109,7 +111,7 @@ def make_sampler(method, params, frozen, *, num_steps: int | None = None, guidan
         text = [""] * len(prompts) if unconditional else prompts
         return method.sample(params, frozen, text, seeds=seeds, num_steps=num_steps, guidance_scale=scale)
 
-    sampler.settings = {**_resolved(method, num_steps, scale), "unconditional": unconditional}
+    sampler.settings = {**sampling_settings(method, num_steps, scale), "unconditional": unconditional}
     return sampler
 
 
