@@ -20,5 +20,5 @@ def test_runtime_on_8_devices(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     names = " ".join(checks)
     for name in ("sharded_step mesh={'data': 2, 'fsdp': 4}", "sharded_step mesh={'data': 2, 'tensor': 4}",
-                 "fsdp_memory", "frozen_placement", "resume", "restore_4_to_8", "ALL OK"):
+                 "fsdp_memory", "frozen_placement", "frozen_unet_sharded", "resume", "restore_4_to_8", "ALL OK"):
         assert name in names, name

@@ -208,17 +208,29 @@ class FrozenModel:
     name: str
     module: Any
     path: str | None
-    load: Callable[[str], Any]
+    load: Callable[..., Any]  # load(path, shardings=None) -> params
     example_inputs: Callable[[], tuple[tuple, dict]]
 
-    def params(self, rng: np.random.Generator):
-        """The loaded weights, or random ones drawn from `rng` (with a warning: they make a smoke run only)."""
+    def shardings(self, shard_config):
+        """Each param's sharding on the mesh, from the logical axes the module names (FSDP etc. by the rules)."""
+        from t2ijax.models.layers import abstract_init
+
+        args, kwargs = self.example_inputs()
+        abstract, specs = abstract_init(self.module, *args, **kwargs)
+        return shard_config.tree_shardings(specs, abstract)
+
+    def params(self, rng: np.random.Generator, shard_config=None):
+        """The loaded weights, or random ones drawn from `rng` (with a warning: they make a smoke run only).
+        With `shard_config`, every array goes straight onto its sharding (a 7B frozen LLM is never whole on
+        one device)."""
+        shardings = self.shardings(shard_config) if shard_config is not None else None
         if self.path:
-            return self.load(self.path)
+            return self.load(self.path, shardings=shardings)
         warnings.warn(f"frozen {self.name} ({type(self.module).__name__}) has RANDOM weights: no folder given, "
                       "only a config; fine for smoke tests, useless for real training", stacklevel=2)
         args, kwargs = self.example_inputs()
-        return random_frozen_params(self.module, rng, *args, **kwargs)
+        params = random_frozen_params(self.module, rng, *args, **kwargs)
+        return params if shardings is None else jax.device_put(params, shardings)
 
 
 def _folder(path: str | None, sub: str) -> str | None:
@@ -243,7 +255,8 @@ def frozen_unet(path: str | None, config, dtype) -> FrozenModel | None:
         sample, t, context, added = unet.example_inputs(context_length=8)
         return (sample, t, context), ({"added_cond_kwargs": added} if added is not None else {})
 
-    return FrozenModel("unet", unet, path, lambda p: load_unet(p)[1], example_inputs)
+    return FrozenModel("unet", unet, path, lambda p, shardings=None: load_unet(p, shardings=shardings)[1],
+                       example_inputs)
 
 
 def frozen_vae(path: str | None, config, dtype) -> FrozenModel | None:
@@ -257,7 +270,7 @@ def frozen_vae(path: str | None, config, dtype) -> FrozenModel | None:
         return None
     vae = AutoencoderKL.from_config(read_config(path) if path else as_dict(config), dtype=dtype)
     size = 2 ** (len(vae.block_out_channels) - 1)
-    return FrozenModel("vae", vae, path, lambda p: load_vae(p)[1],
+    return FrozenModel("vae", vae, path, lambda p, shardings=None: load_vae(p, shardings=shardings)[1],
                        lambda: ((jnp.zeros((1, size, size, vae.in_channels)),), {}))
 
 
@@ -307,7 +320,9 @@ def frozen_text_encoder(path: str | None, fields, kind: str, dtype, *, vocab_siz
         ids = jnp.zeros((1, max_length), jnp.int32)
         return (ids, jnp.ones_like(ids)), {}
 
-    return FrozenModel(what, module, path, lambda p: load_text_encoder(p, dtype=dtype)[1], example_inputs)
+    return FrozenModel(what, module, path,
+                       lambda p, shardings=None: load_text_encoder(p, dtype=dtype, shardings=shardings)[1],
+                       example_inputs)
 
 
 def text_width(text_encoder) -> int:

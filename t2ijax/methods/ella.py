@@ -135,12 +135,14 @@ class ELLAMethod(DiffusionMethod):
 
     # ---------------------------------------------------------------- frozen
 
-    def frozen(self, config):
-        """{"unet", "text_encoder", ["vae"], "empty_features", "empty_mask"}; loaded or randomly initialised."""
+    def frozen(self, config, shard_config=None):
+        """{"unet", "text_encoder", ["vae"], "empty_features", "empty_mask"}; loaded or randomly initialised,
+        each array straight onto its sharding when the loop passes the mesh (`shard_config`)."""
         rng = np.random.default_rng(self.frozen_seed)  # one stream, drawn U-Net, LLM, VAE in that order
-        out = {"unet": self._frozen_unet.params(rng), "text_encoder": self._frozen_text.params(rng)}
+        out = {"unet": self._frozen_unet.params(rng, shard_config),
+               "text_encoder": self._frozen_text.params(rng, shard_config)}
         if self._frozen_vae is not None:
-            out["vae"] = self._frozen_vae.params(rng)
+            out["vae"] = self._frozen_vae.params(rng, shard_config)
         out["empty_mask"] = jnp.asarray(self.empty_mask)
         out["empty_features"] = jax.jit(self.encode_text)(out["text_encoder"], jnp.asarray(self.empty_ids[None]),
                                                           jnp.asarray(self.empty_mask[None]))[0]

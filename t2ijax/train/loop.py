@@ -33,7 +33,7 @@ from t2ijax.config_utils import config_to_dict
 from t2ijax.methods import get_method
 from t2ijax.train import metrics as mt
 from t2ijax.train.checkpoint import Checkpointer
-from t2ijax.train.method import check_method, trainable_item
+from t2ijax.train.method import check_method, frozen_models, trainable_item
 from t2ijax.train.optim import make_optimizer
 from t2ijax.train.state import TrainState, create_state, param_count, with_params
 
@@ -236,10 +236,7 @@ def setup(config, *, devices=None) -> Setup:
     tx, schedule = make_optimizer(config.optim, int(config.total_steps))
     with shard_config.active():
         build, shardings, abstract = create_state(method, config, tx, shard_config)
-        # A method whose frozen() takes the shard config loads frozen weights straight onto their shardings.
-        frozen = (method.frozen(config, shard_config=shard_config) if _accepts(method.frozen, "shard_config")
-                  else method.frozen(config))
-        frozen, frozen_shardings = shd.place(frozen, shard_config)
+        frozen, frozen_shardings = shd.place(frozen_models(method, config, shard_config), shard_config)
     return Setup(config, shard_config, method, tx, schedule, build, shardings, abstract, frozen, frozen_shardings)
 
 

@@ -13,9 +13,12 @@ Contract (all functions pure and jittable unless noted):
       carry the logical axis names); the loop evaluates it abstractly with
       ``jax.eval_shape`` to read the logical specs, then materialises it under
       ``jax.jit(out_shardings=...)`` so parameters are born sharded.
-  frozen(config) -> pytree
+  frozen(config[, shard_config]) -> pytree
       Frozen sub-models (pretrained encoders, a frozen U-Net ...), called once
-      eagerly, may be ``{}``. Boxed leaves give their sharding; plain arrays are
+      eagerly, may be ``{}``. A method whose ``frozen`` takes ``shard_config``
+      gets the mesh and puts each array straight onto its sharding (a frozen 7B
+      LLM is never whole on one device); otherwise boxed leaves give their
+      sharding, arrays already sharded on the mesh stay, plain arrays are
       replicated. Frozen values are passed to `loss` as a separate, non-donated
       argument behind ``jax.lax.stop_gradient``; they are never differentiated,
       never in the optimizer state and never checkpointed per step.
@@ -71,6 +74,17 @@ def check_method(method: Any, name: str) -> None:
         missing.append("flops_per_example")
     if missing:
         raise TypeError(f"method {name!r} ({type(method).__name__}) lacks {missing}; see t2ijax.train.method")
+
+
+def frozen_models(method: Any, config, shard_config):
+    """``method.frozen``, given the shard config when it takes one (see the contract above)."""
+    import inspect
+
+    try:
+        takes_mesh = "shard_config" in inspect.signature(method.frozen).parameters
+    except (TypeError, ValueError):
+        takes_mesh = False
+    return method.frozen(config, shard_config=shard_config) if takes_mesh else method.frozen(config)
 
 
 def trainable_item(method: Any) -> str:

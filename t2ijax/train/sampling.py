@@ -25,7 +25,7 @@ import numpy as np
 from t2ijax import sharding as shd
 from t2ijax.methods import get_method
 from t2ijax.train.checkpoint import Checkpointer
-from t2ijax.train.method import check_method, trainable_item
+from t2ijax.train.method import check_method, frozen_models, trainable_item
 
 
 def config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
@@ -60,7 +60,7 @@ def load_for_inference(config, workdir: str | None = None, *, random_init: bool 
             use_ema = ema and "ema" in ckpt.saved_items(step)
             params = ckpt.restore_params(target, step, ema=use_ema)
             ckpt.close()
-        frozen, _ = shd.place(method.frozen(config), shard_config)
+        frozen, _ = shd.place(frozen_models(method, config, shard_config), shard_config)
     return method, params, frozen, shard_config
 
 

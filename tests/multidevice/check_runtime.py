@@ -92,6 +92,36 @@ def check_frozen_placed_by_the_method():
           f"ratio={per_device / total:.4f}", flush=True)
 
 
+def check_frozen_unet_loaded_sharded(workdir):
+    """ELLA's frozen U-Net, loaded from a diffusers folder, lands FSDP-sharded on the 8 devices (the loader
+    puts each tensor straight onto its sharding); the old path (load whole, then place plain arrays)
+    replicated it."""
+    import warnings
+
+    from t2ijax.config_utils import load_config
+    from t2ijax.weights import load_unet, save_unet
+
+    config = load_config(os.path.join(REPO, "configs", "ella_sd15.py") + ":tiny")
+    config.mesh = dict(data=1, fsdp=8, tensor=1, expert=1)
+    config.batch_size = 8
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s = loop.setup(config, devices=jax.devices())
+    folder = os.path.join(workdir, "frozen_unet")
+    save_unet(s.method.unet, jax.device_get(s.frozen["unet"]), folder)
+    config.model.unet_path = folder
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = loop.setup(config, devices=jax.devices()).frozen["unet"]
+    total = sum(x.nbytes for x in jax.tree.leaves(loaded))
+    per_device = shd.per_device_bytes(loaded)
+    replicated = shd.per_device_bytes(shd.place(load_unet(folder)[1], s.shard_config)[0])
+    assert max_diff(jax.device_get(loaded), jax.device_get(s.frozen["unet"])) == 0.0
+    assert per_device <= 0.2 * total and replicated == total, (per_device, replicated, total)
+    print(f"CHECK frozen_unet_sharded OK per-device={per_device}B total={total}B ratio={per_device / total:.4f} "
+          f"(loaded whole then placed: {replicated}B)", flush=True)
+
+
 def check_resume_bit_exact(workdir):
     mesh = {"data": 2, "fsdp": 4}
     seen_full, seen_resumed = [], []
@@ -138,6 +168,7 @@ if __name__ == "__main__":
     check_sharded_step_matches_single_device()
     check_fsdp_memory()
     check_frozen_placed_by_the_method()
+    check_frozen_unet_loaded_sharded(work)
     check_resume_bit_exact(work)
     check_restore_on_more_devices(work)
     print("ALL OK", flush=True)
