@@ -15,7 +15,8 @@ from flax import linen as nn
 from safetensors.numpy import load_file
 from safetensors.torch import save_file as torch_save_file
 
-from t2ijax.models.ella import ELLA, ella_cfg_denoise, ella_context, ella_denoise, timestep_embedding
+from t2ijax.diffusion import cfg_denoise
+from t2ijax.models.ella import ELLA, ella_context, ella_denoise, ella_guidance_pair, timestep_embedding
 from t2ijax.models.layers import Dense, abstract_init
 from t2ijax.weights import load_ella, save_ella
 from t2ijax.weights.ella import ella_state_dict
@@ -442,10 +443,16 @@ def test_ella_cfg_uses_empty_prompt_tsc(standin, inputs):
         eps_u = unet_apply(unet_params, x, t, tsc_apply(tsc_params, uncond, t, uncond_mask))
         return eps_u + scale * (eps_c - eps_u)
 
+    def denoise(params, xx, tt, c):
+        return ella_denoise(unet_apply, params, tsc, tsc_params, xx, tt, c["features"], c["mask"])
+
+    def ella_cfg_denoise(xx, tt, c, u, s, cm=None, um=None):  # the generic guidance on ELLA's (cond, uncond)
+        tt = jnp.broadcast_to(jnp.reshape(jnp.asarray(tt), (-1,)), (xx.shape[0],))
+        return cfg_denoise(denoise, unet_params, xx, tt, *ella_guidance_pair(c, u, cm, um), s)
+
     # fixed mode: T5("") padded to the same length; a batch-1 uncond is broadcast
     empty = feats[:1]
-    cfg = jax.jit(lambda xx, tt, c, cm, u, um: ella_cfg_denoise(unet_apply, unet_params, tsc, tsc_params, xx, tt,
-                                                                c, u, scale, cm, um))
+    cfg = jax.jit(lambda xx, tt, c, cm, u, um: ella_cfg_denoise(xx, tt, c, u, scale, cm, um))
     got = cfg(x, jnp.asarray(700), feats, None, empty, None)
     want = manual(feats, None, jnp.broadcast_to(empty, feats.shape), None)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -461,7 +468,7 @@ def test_ella_cfg_uses_empty_prompt_tsc(standin, inputs):
     want_flex = manual(feats, mask, padded_uncond, uncond_mask)
     np.testing.assert_allclose(got_flex, want_flex, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="fixed-length"):
-        ella_cfg_denoise(unet_apply, unet_params, tsc, tsc_params, x, 700, feats, one_token, scale)
+        ella_cfg_denoise(x, 700, feats, one_token, scale)
 
 
 # ------------------------------------------------------------------------------------------------ training method

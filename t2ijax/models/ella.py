@@ -358,19 +358,15 @@ def _pad_tokens(features, mask, n):
     return (jnp.pad(features, ((0, 0), (0, pad), (0, 0))), jnp.pad(mask.astype(bool), ((0, 0), (0, pad))))
 
 
-def ella_cfg_denoise(unet_apply: Callable, unet_params, tsc_module: ELLA, tsc_params, x, t, llm_features,
-                     uncond_features, guidance_scale: float, mask=None, uncond_mask=None, clip_context=None,
-                     uncond_clip_context=None):
-    """Classifier-free guidance with ELLA: eps_u + s * (eps_c - eps_u), one batched U-Net call.
-
-    The unconditional branch is the TSC of the LLM features of the EMPTY prompt
-    (T5("") = a single `</s>` in flexible mode, or 128 padded positions in fixed
-    mode), evaluated at the same timestep, as the reference pipeline does.
-    `uncond_features` may have batch 1 (broadcast). In fixed mode (both masks
-    None) both feature sets must have the same length; if either mask is given,
-    both halves are zero-padded to a common length and masked (flexible mode).
-    """
-    b = x.shape[0]
+def ella_guidance_pair(llm_features, uncond_features, mask=None, uncond_mask=None, clip_context=None,
+                       uncond_clip_context=None) -> tuple[dict, dict]:
+    """(cond, uncond) conditioning for `t2ijax.diffusion.cfg_denoise` with `ella_denoise` (keys "features",
+    "mask", and "clip_context" when given), as the reference pipeline guides: the unconditional branch is the
+    TSC of the LLM features of the EMPTY prompt (T5("") = a single `</s>` in flexible mode, or 128 padded
+    positions in fixed mode) at the same timestep. `uncond_*` may have batch 1 (broadcast). In fixed mode
+    (both masks None) both feature sets must have the same length; if either mask is given, both are
+    zero-padded to a common length and masked (flexible mode)."""
+    b = llm_features.shape[0]
     uncond_features = jnp.broadcast_to(uncond_features, (b,) + uncond_features.shape[1:])
     if uncond_mask is not None:
         uncond_mask = jnp.broadcast_to(uncond_mask, (b, uncond_features.shape[1]))
@@ -378,21 +374,14 @@ def ella_cfg_denoise(unet_apply: Callable, unet_params, tsc_module: ELLA, tsc_pa
         if uncond_features.shape[1] != llm_features.shape[1]:
             raise ValueError(f"fixed-length mode needs equal token counts, got {llm_features.shape[1]} (cond) and "
                              f"{uncond_features.shape[1]} (uncond); pass masks for flexible-length mode")
-        both, both_mask = jnp.concatenate([uncond_features, llm_features]), None
+        cond, uncond = {"features": llm_features, "mask": None}, {"features": uncond_features, "mask": None}
     else:
         n = max(uncond_features.shape[1], llm_features.shape[1])
-        fu, mu = _pad_tokens(uncond_features, uncond_mask, n)
-        fc, mc = _pad_tokens(llm_features, mask, n)
-        both, both_mask = jnp.concatenate([fu, fc]), jnp.concatenate([mu, mc])
-    both_clip = None
+        (fc, mc), (fu, mu) = _pad_tokens(llm_features, mask, n), _pad_tokens(uncond_features, uncond_mask, n)
+        cond, uncond = {"features": fc, "mask": mc}, {"features": fu, "mask": mu}
     if clip_context is not None or uncond_clip_context is not None:
         if clip_context is None or uncond_clip_context is None:
             raise ValueError("ELLA + CLIP guidance needs both clip_context and uncond_clip_context")
-        uncond_clip_context = jnp.broadcast_to(uncond_clip_context, (b,) + uncond_clip_context.shape[1:])
-        both_clip = jnp.concatenate([uncond_clip_context, clip_context])
-    t2 = jnp.broadcast_to(jnp.reshape(jnp.asarray(t), (-1,)), (b,))
-    t2 = jnp.concatenate([t2, t2])
-    eps = ella_denoise(unet_apply, unet_params, tsc_module, tsc_params, jnp.concatenate([x, x]), t2, both,
-                       both_mask, both_clip)
-    eps_u, eps_c = jnp.split(eps, 2)
-    return eps_u + guidance_scale * (eps_c - eps_u)
+        cond["clip_context"] = clip_context
+        uncond["clip_context"] = jnp.broadcast_to(uncond_clip_context, (b,) + uncond_clip_context.shape[1:])
+    return cond, uncond
