@@ -232,7 +232,7 @@ def test_clip_score_parity_with_transformers(tmp_path):
     import torch
     import transformers as T
 
-    from t2ijax.data.tokenizer import TextEncoder, load_tokenizer
+    from t2ijax.data.tokenizer import CaptionTokenizer, load_tokenizer
     from t2ijax.eval.clip_score import clip_embedders, clip_pixels
 
     torch.manual_seed(0)
@@ -252,7 +252,7 @@ def test_clip_score_parity_with_transformers(tmp_path):
     image_embed, text_embed = clip_embedders(str(tmp_path / "clip"), tokenizer="shapes_word", max_length=24)
     ours_img, ours_txt = image_embed(images), text_embed(captions)
 
-    encode = TextEncoder(load_tokenizer("shapes_word", 24), 24)
+    encode = CaptionTokenizer(load_tokenizer("shapes_word", 24), 24)
     ids = np.stack([encode(c)["input_ids"] for c in captions]).astype(np.int64)
     mask = np.stack([encode(c)["attention_mask"] for c in captions]).astype(np.int64)
     pixels = torch.from_numpy(clip_pixels(images, 32)).permute(0, 3, 1, 2)

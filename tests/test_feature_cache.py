@@ -178,6 +178,13 @@ def test_cached_feature_loader_trains_from_the_cache_alone(tmp_path):
     assert sorted(seen[:10]) == ids and sorted(seen[10:20]) == ids and list(seen[:10]) != list(seen[10:20])
     assert set(batches[0]) == {"text_embed", "image_embed", "tokens", "example_id"}  # no image decoded
     np.testing.assert_array_equal(batches[1]["image_embed"][:, 0], batches[1]["example_id"])
+    # the loop builds it from config.data.name = "feature_cache"
+    import ml_collections
+
+    from t2ijax.train.loop import make_loader
+    config = ml_collections.ConfigDict({"data": {"name": "feature_cache", "path": path}})
+    via_loop = make_loader(config, split="train", batch_size=4, seed=3)
+    np.testing.assert_array_equal(next(via_loop)["example_id"], batches[0]["example_id"])
     # exact resume
     resumed = CachedFeatureLoader(path, batch_size=4, seed=3)
     resumed.set_state({"next_batch": 2})

@@ -342,3 +342,15 @@ class CachedFeatureLoader(ProceduralLoader):
         positions = self.example_ids(n).astype(np.int64)  # global positions in the endless stream of epochs
         ids = np.asarray([self._order(int(p // count))[p % count] for p in positions])
         return {**self.cache.lookup(ids), "example_id": ids.astype(np.int32)}
+
+
+def make_loader(data_config, *, split: str, batch_size: int, seed: int, shard_index: int = 0,
+                shard_count: int = 1) -> CachedFeatureLoader:
+    """The loader named by ``config.data.name = "feature_cache"`` (`t2ijax.train.loop.make_loader`): batches of
+    the cache at ``data.path`` (``data.paths[split]`` when it differs per split), no images decoded."""
+    paths = dict(data_config.get("paths", {}) or {})
+    path = paths.get(split) or data_config.get("path", "")
+    if not path:
+        raise ValueError(f"data.name='feature_cache' needs data.path (or data.paths[{split!r}])")
+    return CachedFeatureLoader(os.path.expanduser(path), batch_size=batch_size, seed=seed, shard_index=shard_index,
+                               shard_count=shard_count, shuffle=split == "train")

@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 
 # Procedural data (``config.data.name``) -> the module whose ``make_loader`` builds it; any other name is a
 # `t2ijax.data.pipeline` dataset.
-PROCEDURAL_LOADERS = {"synthetic": "t2ijax.train.synthetic", "shapes_judge": "t2ijax.eval.cnn_judge_data"}
+PROCEDURAL_LOADERS = {"synthetic": "t2ijax.train.synthetic", "shapes_judge": "t2ijax.eval.cnn_judge_data",
+                      "feature_cache": "t2ijax.data.feature_cache"}
 
 
 def make_loader(config, *, split: str, batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1):
