@@ -113,7 +113,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=5, help="timed iterations (median is reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations before timing")
+    parser.add_argument("--attention", default=None, help="t2ijax attention impl (xla, matmul, fused; default: "
+                                                          "the backend's)")
     args = parser.parse_args()
+    if args.attention:
+        from t2ijax.models.attention import set_attention_impl
+
+        set_attention_impl(args.attention)
 
     import diffusers
     import torch
@@ -133,7 +139,8 @@ def main():
 
     print(f"\nU-Net: {j['params'] / 1e6:.2f}M parameters (PyTorch {torch_params / 1e6:.2f}M); batch {BATCH}, "
           f"{SIZE}x{SIZE}x4 latents, {CONTEXT[0]}x{CONTEXT[1]} context, float32, {jax.devices()[0].platform}, "
-          f"{os.cpu_count()} CPU cores; JAX compile {j['compile']:.1f} s")
+          f"{os.cpu_count()} CPU cores; JAX compile {j['compile']:.1f} s; attention "
+          f"{__import__('t2ijax.models.attention', fromlist=['x']).attention_impl()}")
     print("FLOPs: XLA cost analysis of the compiled JAX programs "
           f"(step {j['step_flops'] / 1e9:.1f} GFLOP, forward {j['fwd_flops'] / 1e9:.1f} GFLOP)\n")
     print("| pass | JAX s | PyTorch s | JAX img/s | PyTorch img/s | JAX GFLOP/s | PyTorch GFLOP/s "

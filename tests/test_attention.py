@@ -1,4 +1,4 @@
-"""`attention`: the xla and fused impls against a float64 numpy reference, in float32, float16, bfloat16.
+"""`attention`: the xla, matmul and fused impls against a float64 numpy reference, in float32, float16, bfloat16.
 
 The fused impl (`jax.nn.dot_product_attention`, the GPU/TPU default) runs on the CPU too, so its masking is
 checked here without an accelerator: padding masks, causality, biases, grouped-query heads, fully masked rows.
@@ -13,7 +13,7 @@ from t2ijax.models import attention as attention_module
 from t2ijax.models.attention import MASK_VALUE, attention, attention_impl, set_attention_impl
 
 DTYPES = [jnp.float32, jnp.float16, jnp.bfloat16]
-IMPLS = ["xla", "fused"]
+IMPLS = ["xla", "matmul", "fused"]
 # max |error| on O(1) outputs: the probabilities are rounded to the compute dtype before they meet v
 TOL = {jnp.float32: 1e-5, jnp.float16: 2e-3, jnp.bfloat16: 2e-2}
 
@@ -157,3 +157,25 @@ def test_set_attention_impl_selects_fused(fused_by_default):
                                   np.asarray(attention(q, k, v, impl="fused", **kw)))
     with pytest.raises(ValueError, match="unknown attention implementation"):
         set_attention_impl("nope")
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_matmul_impl_gradients_match_xla(dtype):
+    """The CPU default's hand-written backward (probabilities recomputed from the log-sum-exp) against
+    autodiff of the einsum impl, cross-attention shapes (Lq != Lk), grouped heads."""
+    rng = np.random.default_rng(1)
+    q, k, v = (jnp.asarray(rng.standard_normal(s), dtype) for s in [(2, 24, 4, 8), (2, 10, 2, 8), (2, 10, 2, 8)])
+    weights = jnp.asarray(rng.standard_normal((2, 24, 4, 8)), jnp.float32)
+
+    def loss(impl):
+        return jax.grad(lambda q, k, v: jnp.sum(attention(q, k, v, impl=impl).astype(jnp.float32) * weights),
+                        argnums=(0, 1, 2))(q, k, v)
+
+    tol = {jnp.float32: 2e-5, jnp.bfloat16: 6e-2}[dtype]
+    for got, want in zip(loss("matmul"), loss("xla")):
+        assert got.dtype == want.dtype
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), atol=tol, rtol=tol)
+
+
+def test_matmul_is_the_cpu_default():
+    assert jax.default_backend() != "cpu" or attention_impl() == "matmul"

@@ -3,7 +3,12 @@
 Every attention (U-Net, text encoders, ELLA connector, ECLIPSE prior, adapters)
 calls `attention`, so its implementation is chosen per backend in one place:
 
-  "xla"     batched einsum + float32 softmax; portable, the CPU default
+  "xla"     batched einsum + float32 softmax; portable; masked or biased attention on the CPU
+  "matmul"  the CPU default: the same math as plain 2-D matmuls per (batch, head) under `lax.map`, with a
+            hand-written backward that recomputes the probabilities from the saved
+            log-sum-exp (no (B, H, Lq, Lk) tensor is kept for the gradient). XLA:CPU's
+            batched dot is its slow part; 2-D dots map to its good kernels (issue #12).
+            Unmasked, unbiased attention only (the U-Net's); anything else takes "xla".
   "fused"   `jax.nn.dot_product_attention` with jax's default implementation
             (its XLA lowering as of jax 0.10; cuDNN only when asked for); the
             GPU/TPU default
@@ -54,7 +59,7 @@ def set_attention_impl(name: str | None) -> None:
 def attention_impl() -> str:
     if _override is not None:
         return _override
-    return "xla" if jax.default_backend() == "cpu" else "fused"
+    return "matmul" if jax.default_backend() == "cpu" else "fused"
 
 
 def _combine_masks(mask, causal, lq, lk):
@@ -91,7 +96,74 @@ def _fused_attention(q, k, v, bias, mask, scale):
     return out.astype(v.dtype)
 
 
+def _heads_first(x):
+    """(B, L, H, D) -> (B * H, L, D)."""
+    b, length, h, d = x.shape
+    return jnp.transpose(x, (0, 2, 1, 3)).reshape(b * h, length, d)
+
+
+def _heads_last(x, b, h):
+    """(B * H, L, D) -> (B, L, H, D)."""
+    return jnp.transpose(x.reshape(b, h, *x.shape[1:]), (0, 2, 1, 3))
+
+
+def _dot(a, b, dims):
+    return jax.lax.dot_general(a, b, (dims, ((), ())), preferred_element_type=jnp.float32)
+
+
+def _matmul_forward(q, k, v, scale):
+    """Per (batch, head) slice: (out (L, D) in v's dtype, log-sum-exp (L,) float32)."""
+    def one(args):
+        qi, ki, vi = args
+        logits = _dot(qi, ki, ((1,), (1,))) * scale  # (Lq, Lk)
+        top = jnp.max(logits, axis=-1, keepdims=True)
+        e = jnp.exp(logits - top)
+        total = jnp.sum(e, axis=-1, keepdims=True)
+        out = _dot((e / total).astype(vi.dtype), vi, ((1,), (0,)))
+        return out.astype(vi.dtype), (top + jnp.log(total))[:, 0]
+    return jax.lax.map(one, (q, k, v))
+
+
+@jax.custom_vjp
+def _matmul_core(q, k, v, scale):
+    return _matmul_forward(q, k, v, scale)[0]
+
+
+def _matmul_core_fwd(q, k, v, scale):
+    out, lse = _matmul_forward(q, k, v, scale)
+    return out, (q, k, v, out, lse, scale)
+
+
+def _matmul_core_bwd(residuals, d_out):
+    q, k, v, out, lse, scale = residuals
+
+    def one(args):
+        qi, ki, vi, oi, li, gi = args
+        p = jnp.exp(_dot(qi, ki, ((1,), (1,))) * scale - li[:, None])  # (Lq, Lk), recomputed
+        dv = _dot(p.astype(gi.dtype), gi, ((0,), (0,)))  # (Lk, D)
+        dp = _dot(gi, vi, ((1,), (1,)))  # (Lq, Lk)
+        ds = p * (dp - jnp.sum(gi.astype(jnp.float32) * oi.astype(jnp.float32), axis=-1, keepdims=True)) * scale
+        dq = _dot(ds.astype(ki.dtype), ki, ((1,), (0,)))
+        dk = _dot(ds.astype(qi.dtype), qi, ((0,), (0,)))
+        return dq.astype(qi.dtype), dk.astype(ki.dtype), dv.astype(vi.dtype)
+
+    dq, dk, dv = jax.lax.map(one, (q, k, v, out, lse, d_out))
+    return dq, dk, dv, None
+
+
+_matmul_core.defvjp(_matmul_core_fwd, _matmul_core_bwd)
+
+
+def _matmul_attention(q, k, v, bias, mask, scale):
+    if bias is not None or mask is not None:
+        return _xla_attention(q, k, v, bias, mask, scale)
+    b, h = q.shape[0], q.shape[2]
+    out = _matmul_core(_heads_first(q), _heads_first(k), _heads_first(v), scale)
+    return _heads_last(out, b, h)
+
+
 register_attention_impl("xla", _xla_attention)
+register_attention_impl("matmul", _matmul_attention)
 register_attention_impl("fused", _fused_attention)
 
 
