@@ -159,8 +159,20 @@ def test_set_attention_impl_selects_fused(fused_by_default):
         set_attention_impl("nope")
 
 
+@pytest.fixture
+def matmul_everywhere(monkeypatch):
+    monkeypatch.setattr(attention_module, "MATMUL_MIN_LOGITS", 0)  # small test shapes take the matmul path too
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_matmul_path_matches_float64_reference(case, matmul_everywhere):
+    (q, k, v), kw = CASES[case]()
+    out = attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), impl="matmul", **kw)
+    assert float(np.abs(np.asarray(out) - reference(q, k, v, **kw)).max()) <= TOL[jnp.float32]
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_matmul_impl_gradients_match_xla(dtype):
+def test_matmul_impl_gradients_match_xla(dtype, matmul_everywhere):
     """The CPU default's hand-written backward (probabilities recomputed from the log-sum-exp) against
     autodiff of the einsum impl, cross-attention shapes (Lq != Lk), grouped heads."""
     rng = np.random.default_rng(1)

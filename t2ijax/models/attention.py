@@ -8,7 +8,10 @@ calls `attention`, so its implementation is chosen per backend in one place:
             hand-written backward that recomputes the probabilities from the saved
             log-sum-exp (no (B, H, Lq, Lk) tensor is kept for the gradient). XLA:CPU's
             batched dot is its slow part; 2-D dots map to its good kernels (issue #12).
-            Unmasked, unbiased attention only (the U-Net's); anything else takes "xla".
+            Unmasked, unbiased attention of at least MATMUL_MIN_LOGITS query-key pairs
+            only (the U-Net's at 16x16 and above); anything else takes "xla", which
+            is faster for small attention (per-slice overhead; measured in
+            benchmarks/results/unet_step.md).
   "fused"   `jax.nn.dot_product_attention` with jax's default implementation
             (its XLA lowering as of jax 0.10; cuDNN only when asked for); the
             GPU/TPU default
@@ -154,8 +157,13 @@ def _matmul_core_bwd(residuals, d_out):
 _matmul_core.defvjp(_matmul_core_fwd, _matmul_core_bwd)
 
 
+# Lq * Lk from which per-head matmuls beat the batched einsum on XLA:CPU (fwd+bwd, fp32, 2 cores, 2026-12-01):
+# 64x64 0.72x, 128x128 0.86x, 256x77 1.17x, 256x256 1.5x, 1024x77 2.2x, 1024x1024 2.1x.
+MATMUL_MIN_LOGITS = 20_000
+
+
 def _matmul_attention(q, k, v, bias, mask, scale):
-    if bias is not None or mask is not None:
+    if bias is not None or mask is not None or q.shape[1] * k.shape[1] < MATMUL_MIN_LOGITS:
         return _xla_attention(q, k, v, bias, mask, scale)
     b, h = q.shape[0], q.shape[2]
     out = _matmul_core(_heads_first(q), _heads_first(k), _heads_first(v), scale)
