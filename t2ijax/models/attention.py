@@ -157,9 +157,10 @@ def _matmul_core_bwd(residuals, d_out):
 _matmul_core.defvjp(_matmul_core_fwd, _matmul_core_bwd)
 
 
-# Lq * Lk from which per-head matmuls beat the batched einsum on XLA:CPU (fwd+bwd, fp32, 2 cores, 2026-12-01):
-# 64x64 0.72x, 128x128 0.86x, 256x77 1.17x, 256x256 1.5x, 1024x77 2.2x, 1024x1024 2.1x.
-MATMUL_MIN_LOGITS = 20_000
+# Lq * Lk from which per-head matmuls beat the batched einsum on XLA:CPU (fwd+bwd, fp32, 8 heads of 32, idle
+# 2 cores, 2026-12-01; benchmarks/results/unet_step.md): 64x64 0.69x, 128x128 0.88x, 256x77 0.85x,
+# 256x256 1.19x, 1024x77 1.08x, 1024x1024 1.76x.
+MATMUL_MIN_LOGITS = 60_000
 
 
 def _matmul_attention(q, k, v, bias, mask, scale):
