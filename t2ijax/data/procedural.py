@@ -7,10 +7,12 @@ of the next batch. Subclasses implement `batch(n)`.
 
 from __future__ import annotations
 
+import abc
+
 import numpy as np
 
 
-class ProceduralLoader:
+class ProceduralLoader(abc.ABC):
     """Infinite iterator of batches with ``get_state()`` / ``set_state(state)``; batch n of shard s holds the
     global examples ``(n * shard_count + s) * batch_size + j`` (`example_ids`)."""
 
@@ -27,8 +29,9 @@ class ProceduralLoader:
         first = (n * self.shard_count + self.shard_index) * self.batch_size
         return np.arange(first, first + self.batch_size, dtype=np.int32)
 
+    @abc.abstractmethod
     def batch(self, n: int) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """Batch `n` of this shard (a pure function of n and the loader's settings)."""
 
     def get_state(self) -> dict:
         return {"next_batch": self.next_batch}
