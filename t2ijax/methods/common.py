@@ -8,7 +8,7 @@
   min-SNR weighting and an optional per-pixel weight map.
 * `FrozenModel` with `frozen_unet`, `frozen_vae`, `frozen_text_encoder`: frozen networks from an upstream
   folder (or a `t2ijax convert` export of a workdir), or random from a config with a warning.
-* `CachedFeaturesLoader`, `open_feature_cache`, `training_captions`: precomputed text features.
+* `WithCachedTextFeatures`, `open_feature_cache`, `training_captions`: precomputed text features.
 """
 
 from __future__ import annotations
@@ -353,7 +353,7 @@ def open_feature_cache(path: str, max_length: int, width: int):
     return cache
 
 
-class CachedFeaturesLoader:
+class WithCachedTextFeatures:
     """Wraps a data loader: adds "text_features" (B, L, D) = cache[batch["record"]] to every batch.
 
     Each record's stored attention mask must equal the batch's (same tokenizer and max_length,
@@ -364,7 +364,7 @@ class CachedFeaturesLoader:
         self.loader, self.cache = loader, cache
 
     @classmethod
-    def from_path(cls, loader, path: str, max_length: int, width: int) -> "CachedFeaturesLoader":
+    def from_path(cls, loader, path: str, max_length: int, width: int) -> "WithCachedTextFeatures":
         """`loader` plus the features of the cache at `path`, which must hold the loader's rows in order."""
         path = os.path.expanduser(path)
         if not os.path.exists(path):
@@ -385,14 +385,14 @@ class CachedFeaturesLoader:
         if "record" not in batch:
             raise ValueError("model.feature_cache needs batches with a 'record' index (a t2ijax.data.pipeline "
                              "dataset, not data.name='synthetic')")
-        rows = [self.cache[int(r)] for r in batch["record"]]
-        mask = np.stack([r["attention_mask"] for r in rows]).astype(np.int32)
+        cached = self.cache.lookup(batch["record"])  # a text-feature cache's record i is train row i
+        mask = cached["attention_mask"].astype(np.int32)
         if not np.array_equal(mask, np.asarray(batch["attention_mask"], np.int32)):
             bad = [int(r) for r, a, b in zip(batch["record"], mask, batch["attention_mask"])
                    if not np.array_equal(a, b)]
             raise ValueError(f"feature cache {self.cache.path} does not match the data at train rows {bad[:5]}: "
                              "rebuild it for this dataset, caption kind, tokenizer and max_length")
-        batch["text_features"] = np.stack([r["hidden_states"] for r in rows])
+        batch["text_features"] = cached["hidden_states"]
         return batch
 
     def get_state(self):

@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from t2ijax.methods.common import (
-    CachedFeaturesLoader,
+    WithCachedTextFeatures,
     DiffusionMethod,
     as_dict,
     field,
@@ -220,7 +220,7 @@ class ELLAMethod(DiffusionMethod):
         """The train loader, plus "text_features" read from `model.feature_cache` when one is configured."""
         if not self.feature_cache or split != "train":
             return loader
-        return CachedFeaturesLoader.from_path(loader, self.feature_cache, self.max_length, self.text_width)
+        return WithCachedTextFeatures.from_path(loader, self.feature_cache, self.max_length, self.text_width)
 
     # ---------------------------------------------------------------- sampling
 
