@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
-import inspect
 import json
 import logging
 import os
@@ -33,7 +32,7 @@ from t2ijax.config_utils import config_to_dict
 from t2ijax.methods import get_method
 from t2ijax.train import metrics as mt
 from t2ijax.train.checkpoint import Checkpointer
-from t2ijax.train.method import check_method, frozen_models, trainable_item
+from t2ijax.train.method import accepts, check_method, frozen_models, trainable_item
 from t2ijax.train.optim import make_optimizer
 from t2ijax.train.state import TrainState, create_state, param_count, with_params
 
@@ -119,7 +118,7 @@ def make_train_step(method, tx: optax.GradientTransformation, schedule: optax.Sc
     optimizer (and EMA) update every ``grad_accum_steps`` calls."""
     accum = int(config.optim.get("grad_accum_steps", 1))
     decay = float(config.get("ema_decay", 0.0))
-    takes_step = _accepts(method.loss, "step")
+    takes_step = accepts(method.loss, "step")
 
     def step(state: TrainState, frozen, batch):
         rng = jax.random.fold_in(state.rng, state.step)
@@ -145,13 +144,6 @@ def make_train_step(method, tx: optax.GradientTransformation, schedule: optax.Sc
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema), metrics
 
     return step
-
-
-def _accepts(fn: Callable, name: str) -> bool:
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 @dataclasses.dataclass

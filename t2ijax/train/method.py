@@ -76,15 +76,21 @@ def check_method(method: Any, name: str) -> None:
         raise TypeError(f"method {name!r} ({type(method).__name__}) lacks {missing}; see t2ijax.train.method")
 
 
-def frozen_models(method: Any, config, shard_config):
-    """``method.frozen``, given the shard config when it takes one (see the contract above)."""
+def accepts(fn, name: str) -> bool:
+    """Whether `fn` takes a parameter called `name` (the optional parts of the contract above)."""
     import inspect
 
     try:
-        takes_mesh = "shard_config" in inspect.signature(method.frozen).parameters
+        return name in inspect.signature(fn).parameters
     except (TypeError, ValueError):
-        takes_mesh = False
-    return method.frozen(config, shard_config=shard_config) if takes_mesh else method.frozen(config)
+        return False
+
+
+def frozen_models(method: Any, config, shard_config):
+    """``method.frozen``, given the shard config when it takes one (see the contract above)."""
+    if accepts(method.frozen, "shard_config"):
+        return method.frozen(config, shard_config=shard_config)
+    return method.frozen(config)
 
 
 def trainable_item(method: Any) -> str:
