@@ -2,21 +2,24 @@
 
 The released TSC (66,820,608 parameters: width 768, 6 blocks, 64 latents, input 2048) runs
 forward + backward (gradient of a mean-square loss of its output w.r.t. all parameters) on a
-batch of B samples of N T5-XL-width text tokens (default B=8, N=128) and random timesteps.
+batch of B samples of N T5-XL-width text tokens (default B=8, N=128), random timesteps, float32.
 Both frameworks use the same weights: the PyTorch reference (tests/test_ella.py's `RefELLA`,
-a transcription of upstream `model.py`) is saved with safetensors and loaded through
-`t2ijax.weights.load_ella`; the forward outputs are compared.
+a transcription of upstream `model.py`, eager, all cores) is saved with safetensors and loaded
+through `t2ijax.weights.load_ella`; the forward outputs are compared (max relative error).
 
-  .venv/bin/python benchmarks/ella_tsc.py [--batch 8] [--tokens 128] [--iters 3]
+  python benchmarks/ella_tsc.py [--batch 8] [--tokens 128] [--repeats 5] [--warmup 1] [--wait 120] [--json F]
 
-Prints examples/s (median over --iters timed steps after one warm-up / compilation step).
+Timing goes through benchmarks/harness.py: a machine check first (waits up to --wait seconds for an
+idle machine, re-checks between rounds, marks rows LOADED), then JAX and PyTorch steps alternately,
+one timed step each per round, medians of --repeats rounds after --warmup untimed rounds. JAX's
+compilation is timed separately before that (reported in info). Prints examples/s and the ratio
+(target: JAX >= 1.2x PyTorch).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -25,28 +28,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, HERE)
+
+import harness  # noqa: E402
 
 from t2ijax.weights import load_ella  # noqa: E402
 
+SCRIPT = "python benchmarks/ella_tsc.py"
 
-def median_time(fn, iters):
-    fn()  # warm-up / compilation
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+
+def command_line(parser: argparse.ArgumentParser, args) -> str:
+    """The command that reproduces this run: the script plus every option that differs from its default."""
+    changed = [f"--{k} {v}" for k, v in vars(args).items() if k != "json" and v != parser.get_default(k)]
+    return " ".join([SCRIPT, *changed])
 
 
 def main():
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--iters", type=int, default=3)
+    harness.add_arguments(parser, repeats=5)
     args = parser.parse_args()
 
     import torch
@@ -54,6 +59,7 @@ def main():
     from test_ella import RefELLA
 
     torch.manual_seed(0)
+    torch.set_num_threads(os.cpu_count() or 1)
     ref = RefELLA()
     n_params = sum(p.numel() for p in ref.parameters())
     rng = np.random.default_rng(0)
@@ -73,30 +79,39 @@ def main():
     t0 = time.perf_counter()
     jax.block_until_ready(grad_step(params, x, t))
     compile_s = time.perf_counter() - t0
-    jax_s = median_time(lambda: jax.block_until_ready(grad_step(params, x, t)), args.iters)
 
     tx, tt = torch.from_numpy(feats), torch.from_numpy(steps)
 
-    def torch_step():
+    def run_jax():
+        jax.block_until_ready(grad_step(params, x, t))
+
+    def run_torch():
         ref.zero_grad(set_to_none=True)
         loss = ref(tx, tt).pow(2).mean()
         loss.backward()
 
-    torch_s = median_time(torch_step, args.iters)
+    # parity of the forward pass (same weights, same inputs)
     with torch.no_grad():
         out_ref = ref(tx, tt).numpy()
     out = np.asarray(jax.jit(lambda p: module.apply({"params": p}, x, t))(params))
     err = float(np.max(np.abs(out - out_ref)) / np.max(np.abs(out_ref)))
-
     print(f"TSC params: t2ijax {n_ours:,}  reference {n_params:,}; batch {args.batch} x {args.tokens} tokens x 2048; "
           f"float32; jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
           f"({torch.get_num_threads()} threads)")
     print(f"forward max|ours - ref| / max|ref| = {err:.2e}; JAX compile (first step) {compile_s:.1f}s")
-    print()
-    print("| framework | fwd+bwd step (s) | examples/s |")
-    print("|---|---|---|")
-    print(f"| t2ijax (JAX, jit) | {jax_s:.3f} | {args.batch / jax_s:.2f} |")
-    print(f"| PyTorch reference (eager) | {torch_s:.3f} | {args.batch / torch_s:.2f} |")
+
+    check = harness.MachineCheck(wait_s=args.wait)
+    times = harness.alternate({"jax": run_jax, "torch": run_torch}, args.repeats, args.warmup, check)
+
+    report = harness.Report("ella_tsc", args, command_line(parser, args), check)
+    report.info.update(params_t2ijax=int(n_ours), params_reference=int(n_params), forward_max_rel_err=err,
+                       jax_compile_s=round(compile_s, 2), jax_platform=jax.devices()[0].platform,
+                       torch_threads=torch.get_num_threads())
+    report.time_row(f"ELLA-SD1.5 TSC ({n_params / 1e6:.1f}M params) training step, fwd+bwd of a mean-square loss "
+                    f"w.r.t. all parameters, batch {args.batch} x {args.tokens} tokens x 2048, float32; "
+                    f"t2ijax (jit) vs PyTorch reference (eager)",
+                    times["jax"], times["torch"], per=args.batch, per_unit="ex/s", target=1.2)
+    report.finish()
 
 
 if __name__ == "__main__":

@@ -2,18 +2,22 @@
 
 A T5 v1.1 encoder and a Llama decoder of about the same size (~81M parameters each, random
 weights) are saved with `save_pretrained`, loaded through `t2ijax.weights.load_text_encoder`,
-and timed on a (batch x length) batch of token ids; the outputs are compared too.
+and run forward (inference) on a (batch x length) batch of token ids, every other prompt padded
+from 3/4 of the length; the outputs are compared (max relative error over the unpadded tokens).
 
-  .venv/bin/python benchmarks/encoders.py [--batch 8] [--length 128] [--iters 5] [--dtype float32]
+  python benchmarks/encoders.py [--batch 8] [--length 128] [--dtype float32] [--repeats 5] [--warmup 1]
+                                [--wait 120] [--json F]
 
-Prints tokens/s (median over --iters timed calls after one warm-up / compilation call).
+Timing goes through benchmarks/harness.py: a machine check first (waits up to --wait seconds for an
+idle machine, re-checks between rounds, marks rows LOADED), then for each model JAX and PyTorch calls
+alternately, one timed call each per round, medians of --repeats rounds after --warmup untimed rounds.
+JAX's first call (compilation) is timed separately before that (reported in info). Prints tokens/s.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -22,9 +26,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+import harness  # noqa: E402
 
 from t2ijax.weights import load_text_encoder  # noqa: E402
+
+SCRIPT = "python benchmarks/encoders.py"
+
+
+def command_line(parser: argparse.ArgumentParser, args) -> str:
+    """The command that reproduces this run: the script plus every option that differs from its default."""
+    changed = [f"--{k} {v}" for k, v in vars(args).items() if k != "json" and v != parser.get_default(k)]
+    return " ".join([SCRIPT, *changed])
 
 
 def model_zoo():
@@ -37,24 +53,14 @@ def model_zoo():
     return {"T5 v1.1 encoder": (T.T5EncoderModel, t5), "Llama decoder (GQA 12/4)": (T.LlamaModel, llama)}
 
 
-def median_time(fn, iters):
-    fn()  # warm-up (compilation for JAX)
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main():
     import torch
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=128)
-    parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    harness.add_arguments(parser, repeats=5)
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -63,38 +69,53 @@ def main():
     ids = rng.randint(3, 32000, size=(args.batch, args.length)).astype(np.int32)
     mask = np.ones_like(ids)
     mask[1::2, args.length * 3 // 4:] = 0  # half of the prompts padded
+    valid = mask.astype(bool)
+    n_padded = int((~valid).any(axis=1).sum())
     print(f"JAX {jax.__version__} on {jax.devices()[0].platform}; torch {torch.__version__} "
           f"({torch.get_num_threads()} threads); batch {args.batch} x {args.length} tokens; {args.dtype}")
-    rows = []
+
+    # set-up, compilation and parity of every model first; timing afterwards
+    models = []
+    info = {"jax_platform": jax.devices()[0].platform, "torch_threads": torch.get_num_threads(), "models": {}}
     for name, (cls, cfg) in model_zoo().items():
         ref = cls(cfg).eval()
         n_params = sum(p.numel() for p in ref.parameters())
         with tempfile.TemporaryDirectory() as folder:
             ref.save_pretrained(folder, safe_serialization=True)
             module, params = load_text_encoder(folder, dtype=jnp.dtype(args.dtype))
-        tdtype = getattr(torch, args.dtype)
-        ref = ref.to(tdtype) if args.dtype != "float32" else ref
+        ref = ref.to(getattr(torch, args.dtype)) if args.dtype != "float32" else ref
         t_ids, t_mask = torch.tensor(ids, dtype=torch.long), torch.tensor(mask)
 
-        apply = jax.jit(lambda p, i, m: module.apply({"params": p}, i, m))
+        apply = jax.jit(lambda p, i, m, module=module: module.apply({"params": p}, i, m))
         j_ids, j_mask = jnp.asarray(ids), jnp.asarray(mask)
         start = time.perf_counter()
         ours = np.asarray(apply(params, j_ids, j_mask).block_until_ready(), np.float32)
         compile_s = time.perf_counter() - start
-        jax_s = median_time(lambda: apply(params, j_ids, j_mask).block_until_ready(), args.iters)
         with torch.inference_mode():
             theirs = ref(input_ids=t_ids, attention_mask=t_mask).last_hidden_state.float().numpy()
-            torch_s = median_time(lambda: ref(input_ids=t_ids, attention_mask=t_mask), args.iters)
-        valid = mask.astype(bool)
-        rel = np.abs(ours[valid] - theirs[valid]).max() / np.abs(theirs[valid]).max()
-        rows.append((name, n_params / 1e6, tokens / jax_s, tokens / torch_s, jax_s / torch_s, compile_s, rel))
+        rel = float(np.abs(ours[valid] - theirs[valid]).max() / np.abs(theirs[valid]).max())
+        print(f"{name}: {n_params / 1e6:.1f}M params; max rel diff {rel:.1e}; JAX first call {compile_s:.1f}s")
+        info["models"][name] = {"params": int(n_params), "max_rel_err": rel, "jax_compile_s": round(compile_s, 2)}
 
-    header = ("model", "params (M)", "t2ijax tok/s", "torch tok/s", "time ratio jax/torch", "first call s",
-              "max rel diff")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for r in rows:
-        print(f"| {r[0]} | {r[1]:.1f} | {r[2]:,.0f} | {r[3]:,.0f} | {r[4]:.2f} | {r[5]:.1f} | {r[6]:.1e} |")
+        def run_jax(apply=apply, params=params, j_ids=j_ids, j_mask=j_mask):
+            jax.block_until_ready(apply(params, j_ids, j_mask))
+
+        def run_torch(ref=ref, t_ids=t_ids, t_mask=t_mask):
+            with torch.inference_mode():
+                ref(input_ids=t_ids, attention_mask=t_mask)
+
+        models.append((name, n_params, run_jax, run_torch))
+
+    check = harness.MachineCheck(wait_s=args.wait)
+    report = harness.Report("encoders", args, command_line(parser, args), check)
+    report.info.update(info)
+    for name, n_params, run_jax, run_torch in models:
+        times = harness.alternate({"jax": run_jax, "torch": run_torch}, args.repeats, args.warmup, check)
+        report.time_row(f"{name} ({n_params / 1e6:.1f}M params, random weights) forward, batch {args.batch} x "
+                        f"{args.length} tokens ({n_padded} of {args.batch} prompts padded from token "
+                        f"{args.length * 3 // 4}), {args.dtype}; t2ijax (jit) vs transformers (eager, inference_mode)",
+                        times["jax"], times["torch"], per=tokens, per_unit="tok/s", target=None)
+    report.finish()
 
 
 if __name__ == "__main__":

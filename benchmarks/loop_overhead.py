@@ -1,75 +1,105 @@
 """Overhead of the full train loop (data, metrics, EMA, async checkpoints) over the bare jitted step.
 
-    .venv/bin/python benchmarks/loop_overhead.py [--steps 300] [--repeats 3]
+    python benchmarks/loop_overhead.py [--steps 300] [--log_every 50] [--checkpoint_every 50]
+                                       [--repeats 5] [--warmup 1] [--wait 120] [--json out.json]
 
-Model: the toy MLP denoiser (t2ijax/methods/toy.py) on synthetic data, sized so one step
-takes a few milliseconds on CPU. Columns:
-  bare jit step    the AOT-compiled step over pre-built device batches, no host work
-  full loop        t2ijax.train.loop.train: loader + prefetch thread + global-batch assembly +
-                   EMA + metrics every 50 steps (JSONL + TensorBoard), no checkpoint inside the window
+Model: the toy MLP denoiser (t2ijax/methods/toy.py) on synthetic data, 16x16x3 pixels, hidden 512,
+depth 2, global batch 32, AdamW + clipping + EMA, sized so one step takes a few milliseconds on CPU.
+Variants, each one call of a block of --steps steps:
+  bare jit step    the AOT-compiled step over pre-built device batches, no host work (set up and
+                   compiled once; each call runs --steps steps and blocks on the result)
+  full loop        t2ijax.train.loop.train for --steps steps in a fresh workdir: loader + prefetch thread
+                   + global-batch assembly + EMA + metrics every --log_every steps (JSONL + TensorBoard),
+                   no checkpoint inside the measured window
   full, ckpt/N     the same with an async Orbax checkpoint every N steps (far more often than a
                    real run: it measures the cost of one save)
-  torch eager      the same MLP + AdamW step in PyTorch (CPU), for reference
-The full-loop time is measured in steady state, from its sixth step to its last one
-(so not the end-of-run checkpoint). Wall time is what a user sees; CPU time (of this
-process, all threads) is the work each variant does, which stays meaningful on a
-machine shared with other jobs.
+  torch eager      the same MLP + AdamW step in PyTorch (CPU, set up once), the PyTorch column of the
+                   bare-step row
+A full-loop call includes set-up, compilation and the end-of-run checkpoint, so its row reports the
+steady-state window inside the call: from the first metrics step (--log_every) to the last one before the
+end (per = the steps in between). Both ends are metrics steps, where the loop reads the step's metrics back
+to the host and so waits for the device; a window ending anywhere else would time only the asynchronous
+dispatch. The whole-call times are kept in the JSON's info. Wall time is what a user sees; CPU time
+(time.process_time of this process, all threads) is the work each variant does, reported per step beside
+each row (jax_cpu_ms_per_step, torch_cpu_ms_per_step) and in the info.
+
+Timing goes through benchmarks/harness.py: a machine check (idle CPUs, calibration matmul) before
+timing and between rounds; the four variants alternate, one call each per round, after --warmup
+untimed rounds; rows report the median of --repeats rounds (every sample kept in the JSON).
 """
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
 
 import jax
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
+sys.path.insert(0, HERE)
 
+import harness  # noqa: E402
 from t2ijax import sharding as shd  # noqa: E402
 from t2ijax.config_utils import import_sibling  # noqa: E402
 from t2ijax.train import loop  # noqa: E402
 
 common = import_sibling(os.path.join(REPO, "configs", "common.py"), "common")
+SCRIPT = "python benchmarks/loop_overhead.py"
 
 
-def make_config(steps, checkpoint_every=None):
-    c = common.toy_config(total_steps=steps, batch_size=32, log_every=50, checkpoint_every=checkpoint_every or steps,
+def make_config(steps, log_every, checkpoint_every=None):
+    c = common.toy_config(total_steps=steps, batch_size=32, log_every=log_every,
+                          checkpoint_every=checkpoint_every or steps,
                           keep_last=2, progress=False, ema_decay=0.999)
     c.data.resolution = 16
     c.model.update(width=64, hidden=512, depth=2)
     return c
 
 
-def bare_steps_per_s(config, steps):
+def bare_runner(config, steps):
+    """(run, cpu_s, compile_s): run() does `steps` AOT-compiled steps over pre-built device batches."""
     s = loop.setup(config)
     loader = loop.make_loader(config, split="train", batch_size=config.batch_size, seed=0)
     batches = [shd.global_batch(next(loader), s.shard_config) for _ in range(8)]
-    compiled, _ = loop.compile_step(s, batches[0])
-    state = s.state
-    for i in range(5):
-        state, m = compiled(state, s.frozen, batches[i % 8])
-    jax.block_until_ready(state)
-    t0, c0 = time.perf_counter(), time.process_time()
-    for i in range(steps):
-        state, m = compiled(state, s.frozen, batches[i % 8])
-    jax.block_until_ready((state, m))
-    return steps / (time.perf_counter() - t0), 1000 * (time.process_time() - c0) / steps
+    compiled, compile_s = loop.compile_step(s, batches[0])
+    holder, cpu_s = {"state": s.state}, []
+
+    def run():
+        state, c0 = holder["state"], time.process_time()
+        for i in range(steps):
+            state, m = compiled(state, s.frozen, batches[i % 8])
+        jax.block_until_ready((state, m))
+        cpu_s.append(time.process_time() - c0)
+        holder["state"] = state
+    return run, cpu_s, compile_s
 
 
-def full_steps_per_s(config, steps):
-    with tempfile.TemporaryDirectory() as workdir:
+def window(steps, log_every):
+    """First and last step of the full-loop window: metrics steps (host syncs), the last one before the end."""
+    return log_every, log_every * ((steps - 1) // log_every)
+
+
+def full_runner(config, steps):
+    """(run, windows): run() is one loop.train of `steps` steps; windows gets its steady-state (wall s, CPU s)."""
+    start, end = window(steps, int(config.log_every))
+    windows = []
+
+    def run():
         marks = {}
 
-        def on_batch(step, _):
-            if step == 5:
+        def on_batch(step, _):  # called before step `step`, after the metrics (a host sync) of the step before
+            if step == start:
                 marks["t0"], marks["c0"] = time.perf_counter(), time.process_time()
-            if step == steps - 1:  # steady state: stop the clock before the last step and the final save
+            if step == end:  # before the last steps and the final save
                 marks["t1"], marks["c1"] = time.perf_counter(), time.process_time()
-        loop.train(config, workdir, batch_callback=on_batch)
-        n = steps - 1 - 5
-        return n / (marks["t1"] - marks["t0"]), 1000 * (marks["c1"] - marks["c0"]) / n
+        with tempfile.TemporaryDirectory() as workdir:
+            loop.train(config, workdir, batch_callback=on_batch)
+        windows.append((marks["t1"] - marks["t0"], marks["c1"] - marks["c0"]))
+    return run, windows
 
 
 def param_bytes(config):
@@ -79,7 +109,8 @@ def param_bytes(config):
     return 4 * n
 
 
-def torch_steps_per_s(config, steps):
+def torch_runner(config, steps):
+    """(run, cpu_s): run() does `steps` PyTorch eager steps of the same MLP + AdamW."""
     import torch
     torch.manual_seed(0)
     r, w, h = config.data.resolution, config.model.width, config.model.hidden
@@ -94,6 +125,7 @@ def torch_steps_per_s(config, steps):
     x = torch.randn(b, pixels)
     ids = torch.randint(0, config.data.vocab_size, (b, config.data.max_length))
     temb = torch.randn(b, w)
+    cpu_s = []
 
     def step():
         text = emb(ids).mean(1)
@@ -105,46 +137,98 @@ def torch_steps_per_s(config, steps):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-    for _ in range(5):
-        step()
-    t0, c0 = time.perf_counter(), time.process_time()
-    for _ in range(steps):
-        step()
-    return steps / (time.perf_counter() - t0), 1000 * (time.process_time() - c0) / steps
+
+    def run():
+        c0 = time.process_time()
+        for _ in range(steps):
+            step()
+        cpu_s.append(time.process_time() - c0)
+    return run, cpu_s
+
+
+def command_line(parser: argparse.ArgumentParser, args) -> str:
+    """The command that reproduces this run: the script plus every option that differs from its default."""
+    parts = [SCRIPT]
+    for action in parser._actions:
+        if not action.option_strings or action.dest in ("help", "json"):
+            continue
+        value = getattr(args, action.dest)
+        if value != action.default:
+            parts.append(action.option_strings[-1] if action.nargs == 0 else f"{action.option_strings[-1]} {value}")
+    return " ".join(parts)
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--repeats", type=int, default=3)
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=300, help="steps per timed call of each variant")
+    parser.add_argument("--log_every", type=int, default=50, help="metrics cadence of the full loop (its "
+                                                                     "window runs from one metrics step to another)")
     parser.add_argument("--checkpoint_every", type=int, default=50, help="cadence of the frequent-checkpoint row")
+    harness.add_arguments(parser, repeats=5)
     args = parser.parse_args()
-    config = make_config(args.steps)
-    frequent = make_config(args.steps, checkpoint_every=args.checkpoint_every)
-    bare, full, full_ckpt, torch_rate = [], [], [], []
-    for _ in range(args.repeats):
-        bare.append(bare_steps_per_s(config, args.steps))
-        full.append(full_steps_per_s(config, args.steps))
-        full_ckpt.append(full_steps_per_s(frequent, args.steps))
-        torch_rate.append(torch_steps_per_s(config, args.steps))
-    print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}; toy MLP, batch {config.batch_size}, "
-          f"{args.steps} steps, best of {args.repeats}")
-    print(f"{'variant':<18}{'steps/s (wall)':>16}{'ms/step (wall)':>16}{'CPU ms/step':>14}")
-    rows = (("bare jit step", bare), ("full loop", full), (f"full, ckpt/{args.checkpoint_every}", full_ckpt),
-            ("torch eager", torch_rate))
-    best = {}
-    for name, runs in rows:
-        rate, cpu = max(r[0] for r in runs), min(r[1] for r in runs)
-        best[name] = (rate, cpu)
-        print(f"{name:<18}{rate:>16.1f}{1000 / rate:>16.2f}{cpu:>14.2f}")
-    (bw, bc), (fw, fc) = best["bare jit step"], best["full loop"]
-    cc = best[f"full, ckpt/{args.checkpoint_every}"][1]
-    print(f"full-loop overhead vs bare step: wall {100 * (bw / fw - 1):.1f}%, CPU time {100 * (fc / bc - 1):.1f}%")
-    saves = args.steps // args.checkpoint_every
-    print(f"one async checkpoint of params+opt+EMA ({4 * param_bytes(config) / 2**20:.1f} MiB) costs about "
-          f"{(cc - fc) * (args.steps - 6) / max(saves - 1, 1):.0f} CPU ms")
-    print("all repeats (steps/s wall, CPU ms/step):", {name: [(round(w, 1), round(c, 2)) for w, c in runs]
-                                                       for name, runs in rows})
+    start, end = window(args.steps, args.log_every)
+    if end <= start:
+        parser.error("--steps must be more than 2 x --log_every (the full-loop window runs between metrics steps)")
+    config = make_config(args.steps, args.log_every)
+    frequent = make_config(args.steps, args.log_every, checkpoint_every=args.checkpoint_every)
+    n = end - start  # steps in a full-loop window
+
+    bare, bare_cpu, compile_s = bare_runner(config, args.steps)
+    full, full_windows = full_runner(config, args.steps)
+    ckpt, ckpt_windows = full_runner(frequent, args.steps)
+    eager, eager_cpu = torch_runner(config, args.steps)
+
+    check = harness.MachineCheck(wait_s=args.wait)
+    report = harness.Report("loop_overhead", args, command_line(parser, args), check)
+    ck = f"full, ckpt/{args.checkpoint_every}"
+    times = harness.alternate({"bare": bare, "full": full, ck: ckpt, "torch": eager}, args.repeats, args.warmup,
+                              check)
+    w = args.warmup  # the runners also recorded the warm-up calls; keep the timed ones
+    bare_cpu, eager_cpu = bare_cpu[w:], eager_cpu[w:]
+    full_windows, ckpt_windows = full_windows[w:], ckpt_windows[w:]
+
+    def cpu_ms(cpu_s, per):
+        return round(1000 * statistics.median(cpu_s) / per, 3)
+
+    model = (f"toy MLP denoiser 16x16x3, hidden 512, depth 2 ({param_bytes(config) / 4 / 1e6:.2f}M params), "
+             f"batch 32, AdamW + clip")
+    bare_row = report.time_row(
+        f"bare jitted train step (AOT, pre-built device batches, no host work), {model}, {args.steps} steps per "
+        f"call, vs the same MLP + AdamW step in PyTorch eager", times["bare"], times["torch"], per=args.steps,
+        per_unit="steps/s", target=None, jax_cpu_ms_per_step=cpu_ms(bare_cpu, args.steps),
+        torch_cpu_ms_per_step=cpu_ms(eager_cpu, args.steps))
+    rows = {}
+    for key, windows, what in (
+            ("full", full_windows, f"full train loop (loader + prefetch thread + EMA + metrics/JSONL/TensorBoard "
+                                   f"every {args.log_every} steps, no checkpoint in the window)"),
+            (ck, ckpt_windows, f"full train loop + async Orbax checkpoint every {args.checkpoint_every} steps")):
+        rows[key] = report.time_row(
+            f"{what}, {model}: steady state, steps {start + 1}-{end} of a {args.steps}-step loop.train",
+            [wall for wall, _ in windows], None, per=n, per_unit="steps/s", target=None,
+            jax_cpu_ms_per_step=cpu_ms([c for _, c in windows], n))
+
+    bare_step, bare_c = bare_row["jax_s"] / args.steps, bare_row["jax_cpu_ms_per_step"]
+    full_step, full_c = rows["full"]["jax_s"] / n, rows["full"]["jax_cpu_ms_per_step"]
+    ckpt_c = rows[ck]["jax_cpu_ms_per_step"]
+    saves = sum(1 for k in range(start + 1, end + 1) if k % args.checkpoint_every == 0)
+    report.info.update(
+        devices=f"{jax.device_count()} x {jax.devices()[0].device_kind}", steps_per_call=args.steps,
+        full_loop_window=[start, end], log_every=args.log_every, checkpoint_every=args.checkpoint_every,
+        step_compile_s=round(compile_s, 3), torch_threads=torch.get_num_threads(),
+        cpu_ms_per_step=dict(bare=bare_c, full=full_c, **{ck: ckpt_c}, torch=bare_row["torch_cpu_ms_per_step"]),
+        full_loop_overhead_vs_bare_pct=dict(wall=round(100 * (full_step / bare_step - 1), 1),
+                                            cpu=round(100 * (full_c / bare_c - 1), 1)),
+        checkpoint_mib=round(4 * param_bytes(config) / 2**20, 1),  # params + 2 AdamW moments + EMA
+        checkpoint_saves_in_window=saves,
+        checkpoint_cpu_ms_each=round((ckpt_c - full_c) * n / saves, 1) if saves else None,
+        full_loop_call_s={"full": times["full"], ck: times[ck]},  # whole loop.train calls: set-up, compile, save
+    )
+    print(f"full-loop overhead vs bare step: {report.info['full_loop_overhead_vs_bare_pct']}; "
+          f"CPU ms/step {report.info['cpu_ms_per_step']}")
+    report.finish()
+
 
 if __name__ == "__main__":
     main()

@@ -7,16 +7,20 @@ jitted program (``t2ijax.diffusion.sample``, ``lax.scan`` over the steps); PyTor
 diffusers pipeline recipe (``scale_model_input`` / model / CFG / ``scheduler.step``).
 Outputs are compared too (float32 on both sides).
 
-  .venv/bin/python benchmarks/sampling_loop.py [--batch 2] [--steps 25] [--iters 5] [--torch-threads 1]
+  python benchmarks/sampling_loop.py [--batch 2] [--steps 25] [--torch-threads 1]
+                                     [--repeats 5] [--warmup 1] [--wait 120] [--json out.json]
 
-Prints the median wall time of a full sampling run after one warm-up (compile) run.
+Timing goes through benchmarks/harness.py: a machine check (idle CPUs, calibration matmul)
+before timing and between rounds; per sampler, the JAX and diffusers runs alternate, one
+full sampling run each per round, after --warmup untimed rounds; rows report the median of
+--repeats rounds (every sample kept in the JSON). The JAX compile time (compile + first run,
+untimed by the harness) and the max relative error between the two final samples are in the JSON's info.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 
@@ -24,12 +28,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+import harness  # noqa: E402
 
 from t2ijax.diffusion import DDIM, DiscreteSchedule, DPMSolverPlusPlus, Euler, Heun, sample  # noqa: E402
 
 SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 GUIDANCE = 7.5
+SCRIPT = "python benchmarks/sampling_loop.py"
 
 
 def toy_model(x, t, cond, xp):
@@ -42,16 +51,16 @@ def jax_denoise(params, x, t, cond):
     return toy_model(x, t, cond, jnp)
 
 
-def median_time(fn, iters):
-    start = time.perf_counter()
-    fn()  # warm-up (compilation for JAX)
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return first, statistics.median(times)
+def command_line(parser: argparse.ArgumentParser, args) -> str:
+    """The command that reproduces this run: the script plus every option that differs from its default."""
+    parts = [SCRIPT]
+    for action in parser._actions:
+        if not action.option_strings or action.dest in ("help", "json"):
+            continue
+        value = getattr(args, action.dest)
+        if value != action.default:
+            parts.append(action.option_strings[-1] if action.nargs == 0 else f"{action.option_strings[-1]} {value}")
+    return " ".join(parts)
 
 
 def main():
@@ -61,10 +70,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="intra-op threads for PyTorch (on a loaded shared CPU, 2 threads made each "
                              "elementwise op ~100x slower than 1 because of thread contention)")
+    harness.add_arguments(parser, repeats=5)
     args = parser.parse_args()
     torch.set_num_threads(args.torch_threads)
 
@@ -75,17 +84,21 @@ def main():
     uncond = np.zeros(shape, np.float32)
     schedule = DiscreteSchedule(**SD)
     pairs = {
-        "DDIM": (DDIM(schedule=schedule, steps_offset=1), diffusers.DDIMScheduler(**SD, clip_sample=False, steps_offset=1)),
+        "DDIM": (DDIM(schedule=schedule, steps_offset=1),
+                 diffusers.DDIMScheduler(**SD, clip_sample=False, steps_offset=1)),
         "Euler": (Euler(schedule=schedule), diffusers.EulerDiscreteScheduler(**SD)),
         "Heun": (Heun(schedule=schedule), diffusers.HeunDiscreteScheduler(**SD)),
         "DPM-Solver++(2M)": (DPMSolverPlusPlus(schedule=schedule), diffusers.DPMSolverMultistepScheduler(**SD)),
     }
 
-    print(f"batch {args.batch}, latents {shape[1:]}, {args.steps} steps, CFG {GUIDANCE}, "
-          f"device {jax.devices()[0]}, torch threads {args.torch_threads}")
-    header = f"{'sampler':<18} {'evals':>5} {'jax compile s':>13} {'jax ms':>8} {'torch ms':>9} {'speedup':>8} {'rel err':>8}"
-    print(header)
-    print("-" * len(header))
+    check = harness.MachineCheck(wait_s=args.wait)
+    report = harness.Report("sampling_loop", args, command_line(parser, args), check)
+    report.info.update(batch=args.batch, latents=list(shape[1:]), steps=args.steps, guidance_scale=GUIDANCE,
+                       dtype="float32", jax_device=str(jax.devices()[0]), torch_threads=args.torch_threads,
+                       model="elementwise stand-in denoiser tanh(0.7x + c) cos(t/500) + 0.1x (no U-Net)",
+                       jax_side="t2ijax.diffusion.sample, one jitted lax.scan program",
+                       torch_side="diffusers scheduler recipe (scale_model_input / model / CFG / step), eager",
+                       jax_compile_s={}, max_rel_err={})
     for name, (ours, ref) in pairs.items():
         x_T, c, u = jnp.asarray(noise), jnp.asarray(cond), jnp.asarray(uncond)
 
@@ -106,13 +119,20 @@ def main():
                     x = ref.step(out_u + GUIDANCE * (out_c - out_u), t, x).prev_sample
             return x.numpy()
 
-        compile_s, jax_s = median_time(run_jax, args.iters)
-        _, torch_s = median_time(run_torch, args.iters)
-        a, b = run_jax(), run_torch()
-        err = np.abs(a - b).max() / np.abs(b).max()
+        t0 = time.perf_counter()
+        a = run_jax()  # compilation + first run (not a timed sample)
+        compile_s = time.perf_counter() - t0
+        b = run_torch()
+        err = float(np.abs(a - b).max() / np.abs(b).max())
         evals = ours.plan(args.steps).num_evals
-        print(f"{name:<18} {evals:>5} {compile_s:>13.2f} {jax_s * 1e3:>8.1f} {torch_s * 1e3:>9.1f} "
-              f"{torch_s / jax_s:>7.2f}x {err:>8.1e}")
+        times = harness.alternate({"jax": run_jax, "torch": run_torch}, args.repeats, args.warmup, check)
+        report.info["jax_compile_s"][name] = round(compile_s, 3)
+        report.info["max_rel_err"][name] = float(f"{err:.2e}")
+        report.time_row(f"{name}, {args.steps} steps ({evals} model evals), CFG {GUIDANCE}, batch {args.batch} of "
+                        f"4x64x64 SD latents, stand-in elementwise model, float32: one sampling run, t2ijax jitted "
+                        f"scan vs diffusers loop (torch threads {args.torch_threads})",
+                        times["jax"], times["torch"], target=None, sampler=name, model_evals=evals)
+    report.finish()
 
 
 if __name__ == "__main__":

@@ -102,7 +102,9 @@ def test_fused_matches_xla(case, dtype):
     xla, _, _ = _run(case, dtype, "xla")
     err = float(jnp.abs(fused.astype(jnp.float32) - xla.astype(jnp.float32)).max())
     print(f"{case} {dtype.__name__}: max|fused - xla| = {err:.2e}")
-    assert err <= TOL[dtype] / 2
+    # float32 agrees to rounding; in a half dtype the two round differently (xla takes the value product in
+    # float32, fused in the input dtype) and may differ by one unit in the last place of outputs near 4
+    assert err <= (TOL[dtype] / 10 if dtype == jnp.float32 else TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)

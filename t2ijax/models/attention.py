@@ -9,9 +9,9 @@ calls `attention`, so its implementation is chosen per backend in one place:
             log-sum-exp (no (B, H, Lq, Lk) tensor is kept for the gradient). XLA:CPU's
             batched dot is its slow part; 2-D dots map to its good kernels (issue #12).
             Unmasked, unbiased attention of at least MATMUL_MIN_LOGITS query-key pairs
-            only (the U-Net's at 16x16 and above); anything else takes "xla", which
-            is faster for small attention (per-slice overhead; measured in
-            benchmarks/results/unet_step.md).
+            only (the U-Net's self-attention at 32x32 latents and above); anything else
+            takes "xla", which is faster while the batch's logits fit in the caches
+            (measured in benchmarks/results/attention.md).
   "fused"   `jax.nn.dot_product_attention` with jax's default implementation
             (its XLA lowering as of jax 0.10; cuDNN only when asked for); the
             GPU/TPU default
@@ -80,13 +80,19 @@ def _combine_masks(mask, causal, lq, lk):
 
 
 def _xla_attention(q, k, v, bias, mask, scale):
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    # Heads go first so both einsums are dots with leading batch dimensions, the form XLA:CPU runs
+    # well (2x faster than contracting (B, L, H, D) in place at 256x256, issue #12); the softmax is
+    # normalised after the value product, which saves a pass over the (Lq, Lk) probabilities.
+    q, k, v = (jnp.transpose(x, (0, 2, 1, 3)) for x in (q, k, v))
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
     if bias is not None:
         logits = logits + bias
     if mask is not None:
         logits = jnp.where(mask, logits, MASK_VALUE)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+    e = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
+    # float32 for the value product: unnormalised weights rounded to a half dtype would not match the sum below
+    out = jnp.einsum("bhqk,bhkd->bhqd", e, v.astype(jnp.float32)) / jnp.sum(e, axis=-1, keepdims=True)
+    return jnp.transpose(out.astype(v.dtype), (0, 2, 1, 3))
 
 
 def _fused_attention(q, k, v, bias, mask, scale):
@@ -122,7 +128,7 @@ def _matmul_forward(q, k, v, scale):
         top = jnp.max(logits, axis=-1, keepdims=True)
         e = jnp.exp(logits - top)
         total = jnp.sum(e, axis=-1, keepdims=True)
-        out = _dot((e / total).astype(vi.dtype), vi, ((1,), (0,)))
+        out = _dot(e.astype(vi.dtype), vi, ((1,), (0,))) / total  # normalised after the product: one pass fewer
         return out.astype(vi.dtype), (top + jnp.log(total))[:, 0]
     return jax.lax.map(one, (q, k, v))
 
@@ -139,28 +145,32 @@ def _matmul_core_fwd(q, k, v, scale):
 
 def _matmul_core_bwd(residuals, d_out):
     q, k, v, out, lse, scale = residuals
+    delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # (BH, Lq)
 
+    # Works on the transposed probabilities (Lk, Lq), recomputed as exp(K Q^T - lse): then dv and dk
+    # are plain (M, K) x (K, N) products and only dq contracts a leading axis, on its small (D, Lq)
+    # side. XLA:CPU runs (Lq, Lk)^T x (Lq, D) 4x slower than the plain form (issue #12).
     def one(args):
-        qi, ki, vi, oi, li, gi = args
-        p = jnp.exp(_dot(qi, ki, ((1,), (1,))) * scale - li[:, None])  # (Lq, Lk), recomputed
-        dv = _dot(p.astype(gi.dtype), gi, ((0,), (0,)))  # (Lk, D)
-        dp = _dot(gi, vi, ((1,), (1,)))  # (Lq, Lk)
-        ds = p * (dp - jnp.sum(gi.astype(jnp.float32) * oi.astype(jnp.float32), axis=-1, keepdims=True)) * scale
-        dq = _dot(ds.astype(ki.dtype), ki, ((1,), (0,)))
-        dk = _dot(ds.astype(qi.dtype), qi, ((0,), (0,)))
+        qi, ki, vi, li, gi, di = args
+        p_t = jnp.exp(_dot(ki, qi, ((1,), (1,))) * scale - li[None, :])
+        dv = _dot(p_t.astype(gi.dtype), gi, ((1,), (0,)))
+        ds_t = p_t * (_dot(vi, gi, ((1,), (1,))) - di[None, :]) * scale
+        dk = _dot(ds_t.astype(qi.dtype), qi, ((1,), (0,)))
+        dq = _dot(ki, ds_t.astype(ki.dtype), ((0,), (0,))).T
         return dq.astype(qi.dtype), dk.astype(ki.dtype), dv.astype(vi.dtype)
 
-    dq, dk, dv = jax.lax.map(one, (q, k, v, out, lse, d_out))
+    dq, dk, dv = jax.lax.map(one, (q, k, v, lse, d_out, delta))
     return dq, dk, dv, None
 
 
 _matmul_core.defvjp(_matmul_core_fwd, _matmul_core_bwd)
 
 
-# Lq * Lk from which per-head matmuls beat the batched einsum on XLA:CPU (fwd+bwd, fp32, 8 heads of 32, idle
-# 2 cores, 2026-12-01; benchmarks/results/unet_step.md): 64x64 0.69x, 128x128 0.88x, 256x77 0.85x,
-# 256x256 1.19x, 1024x77 1.08x, 1024x1024 1.76x.
-MATMUL_MIN_LOGITS = 60_000
+# Lq * Lk from which per-head matmuls beat the batched einsums on XLA:CPU: there the batch's (B, H, Lq, Lk)
+# logits outgrow the caches. fwd+bwd, fp32, B=8, 8 heads, idle 2 cores, 2026-12-01 (matmul / xla time):
+# 256x256 (D 16) 1.6, 1024x77 2.4, 512x512 0.45, 1024x256 0.50, 4096x77 0.48, 1024x1024 0.41
+# (`python benchmarks/attention.py`; benchmarks/results/attention.md).
+MATMUL_MIN_LOGITS = 131_072
 
 
 def _matmul_attention(q, k, v, bias, mask, scale):
