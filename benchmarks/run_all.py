@@ -36,7 +36,9 @@ SUITE = {
     "loop_overhead": ["benchmarks/loop_overhead.py"],
     "data_eval": ["benchmarks/data_eval.py"],
     "compile_time": ["benchmarks/compile_time.py"],
-    "unet_profile": ["benchmarks/profile_unet.py"],
+    "unet_profile": ["benchmarks/op_profile.py", "--model", "unet"],
+    "tsc_profile": ["benchmarks/op_profile.py", "--model", "tsc"],
+    "sd15_scale": ["benchmarks/sd15_scale.py"],
 }
 
 

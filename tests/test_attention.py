@@ -193,3 +193,12 @@ def test_matmul_impl_gradients_match_xla(dtype, matmul_everywhere):
 
 def test_matmul_is_the_cpu_default():
     assert jax.default_backend() != "cpu" or attention_impl() == "matmul"
+
+
+def test_cudnn_is_registered_and_refuses_without_a_gpu():
+    """The accelerator benchmark's `--attention cudnn` goes through the registry; on a CPU jax says why not."""
+    q = jnp.ones((1, 8, 2, 16), jnp.bfloat16)
+    if jax.default_backend() != "cpu":
+        pytest.skip("the refusal is a CPU-only check")
+    with pytest.raises(RuntimeError, match="cuDNN"):
+        attention(q, q, q, impl="cudnn")

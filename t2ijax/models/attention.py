@@ -3,7 +3,8 @@
 Every attention (U-Net, text encoders, ELLA connector, ECLIPSE prior, adapters)
 calls `attention`, so its implementation is chosen per backend in one place:
 
-  "xla"     batched einsum + float32 softmax; portable; masked or biased attention on the CPU
+  "xla"     heads-first batched einsums, float32 softmax normalised after the value product;
+            portable; masked or biased attention on the CPU
   "matmul"  the CPU default: the same math as plain 2-D matmuls per (batch, head) under `lax.map`, with a
             hand-written backward that recomputes the probabilities from the saved
             log-sum-exp (no (B, H, Lq, Lk) tensor is kept for the gradient). XLA:CPU's
@@ -13,8 +14,9 @@ calls `attention`, so its implementation is chosen per backend in one place:
             takes "xla", which is faster while the batch's logits fit in the caches
             (measured in benchmarks/results/attention.md).
   "fused"   `jax.nn.dot_product_attention` with jax's default implementation
-            (its XLA lowering as of jax 0.10; cuDNN only when asked for); the
-            GPU/TPU default
+            (its XLA lowering as of jax 0.10); the GPU/TPU default
+  "cudnn"   the same with implementation="cudnn" (NVIDIA GPUs, half precision):
+            `set_attention_impl("cudnn")` or launch/benchmark_accelerator.py --attention cudnn
 
 `set_attention_impl(name)` overrides the choice (e.g. from a config), and
 `register_attention_impl` adds one (a Pallas/Splash kernel, say) without
@@ -105,6 +107,14 @@ def _fused_attention(q, k, v, bias, mask, scale):
     return out.astype(v.dtype)
 
 
+def _cudnn_attention(q, k, v, bias, mask, scale):
+    """jax's cuDNN fused attention (NVIDIA GPUs; float16/bfloat16 inputs, head dim a multiple of 8 up to 128).
+    jax raises if the GPU, dtype or shape is unsupported: choose it explicitly, it is never a default."""
+    out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), bias=bias, mask=mask, scale=scale,
+                                       implementation="cudnn")
+    return out.astype(v.dtype)
+
+
 def _heads_first(x):
     """(B, L, H, D) -> (B * H, L, D)."""
     b, length, h, d = x.shape
@@ -184,6 +194,7 @@ def _matmul_attention(q, k, v, bias, mask, scale):
 register_attention_impl("xla", _xla_attention)
 register_attention_impl("matmul", _matmul_attention)
 register_attention_impl("fused", _fused_attention)
+register_attention_impl("cudnn", _cudnn_attention)
 
 
 def attention(q, k, v, *, bias=None, mask=None, causal: bool = False, scale: float | None = None,

@@ -233,15 +233,22 @@ def setup(config, *, devices=None) -> Setup:
     return Setup(config, shard_config, method, tx, schedule, build, shardings, abstract, frozen, frozen_shardings)
 
 
-def compile_step(s: Setup, example_batch: dict) -> tuple[Any, float]:
-    """AOT-compile the jitted step (donated state, explicit in/out shardings). Returns (compiled, seconds)."""
+def lower_step(s: Setup, example_batch: dict):
+    """Trace and lower the jitted step (donated state, explicit in/out shardings) for `example_batch`."""
     batch_shardings = {k: s.shard_config.batch_sharding() for k in example_batch}
     jitted = jax.jit(make_train_step(s.method, s.tx, s.schedule, s.config),
                      in_shardings=(s.state_shardings, s.frozen_shardings, batch_shardings),
                      out_shardings=(s.state_shardings, s.shard_config.replicated()), donate_argnums=(0,))
-    t0 = time.perf_counter()
     with s.shard_config.active():
-        compiled = jitted.lower(s.abstract_state, s.frozen, example_batch).compile()
+        return jitted.lower(s.abstract_state, s.frozen, example_batch)
+
+
+def compile_step(s: Setup, example_batch: dict) -> tuple[Any, float]:
+    """AOT-compile the jitted step (`lower_step`, then XLA). Returns (compiled, seconds)."""
+    t0 = time.perf_counter()
+    lowered = lower_step(s, example_batch)
+    with s.shard_config.active():
+        compiled = lowered.compile()
     return compiled, time.perf_counter() - t0
 
 

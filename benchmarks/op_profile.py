@@ -1,4 +1,5 @@
-"""Per-op profile of the U-Net training step and forward of benchmarks/unet_step.py (issue #12).
+"""Per-op profile of a benchmarked JAX program (issue #12): the 18M U-Net's training step and forward of
+benchmarks/unet_step.py (`--model unet`), or the ELLA TSC's fwd+bwd step of benchmarks/ella_tsc.py (`--model tsc`).
 
 Runs the compiled programs under `jax.profiler`, reads the XSpace trace back (`jax.profiler.ProfileData`),
 and charges every executed XLA op (thunk) to
@@ -9,7 +10,8 @@ An op's time is its traced duration (work it hands to other threads is not added
 tables rank where the step's time goes; how busy the cores were comes separately from the process's CPU
 time over (wall time x cores) while the calls ran untraced.
 
-    python benchmarks/profile_unet.py [--repeats 3]
+    python benchmarks/op_profile.py --model unet [--repeats 3]
+    python benchmarks/op_profile.py --model tsc
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import collections
 import glob
 import os
 import re
+import resource
 import sys
 import tempfile
 import time
@@ -33,17 +36,23 @@ import harness  # noqa: E402
 import unet_step  # noqa: E402
 
 _INSTRUCTION = re.compile(r"\s+(?:ROOT )?%?([\w.\-]+) = \S+ ([\w\-]+)\(")
-_ROLES = [("attn1", "self-attention"), ("attn2", "cross-attention"), ("/ff/", "feed-forward"),
+# (substring of the op's source path, role), first match wins
+UNET_ROLES = [("attn1", "self-attention"), ("attn2", "cross-attention"), ("/ff/", "feed-forward"),
           ("proj_in", "attention proj_in/out"), ("proj_out", "attention proj_in/out"),
           ("time_emb", "time embedding"), ("samplers", "up/down-sampling conv"), ("conv_in", "conv_in/out"),
           ("conv_out", "conv_in/out"), ("resnets", "resnet convs and norms"), ("norm", "norms"),
           ("attentions", "transformer norms and glue")]
+TSC_ROLES = [("/attn/", "attention (projections and softmax)"), ("/mlp/", "squared-ReLU MLP"),
+             ("ln_", "adaptive layer norms"), ("gate", "adaptive layer norms"), ("time_embedding", "time embedding"),
+             ("time_aware", "time embedding"), ("proj_in", "input projection"), ("proj_out", "output projection"),
+             ("norm", "norms")]
 
 
 class HloIndex:
     """Instruction name -> (opcode, ops of its fused computation, source path), from the compiled HLO text."""
 
-    def __init__(self, text: str):
+    def __init__(self, text: str, roles):
+        self.roles = roles
         self.computations: dict[str, list[str]] = {}
         self.instructions: dict[str, tuple[str, str | None, str, str]] = {}
         current = None
@@ -79,20 +88,21 @@ class HloIndex:
             kind = "copy/transpose"
         else:
             kind = "elementwise fusion"
-        role = next((r for key, r in _ROLES if key in source), "optimizer and other")
-        if "group_norm" in source or "GroupNorm" in source:
-            role = "group norm"
+        role = next((r for key, r in self.roles if key in source), "optimizer and other")
         return kind, role + (" (bwd)" if "transpose(jvp" in source else "")
 
 
-def profile(compiled, call, calls: int, trace_dir: str):
-    """{kind: ns}, {role: ns}, summed op ns, untraced wall s per call, share of the cores the process kept busy."""
-    index = HloIndex(compiled.as_text())
+def profile(compiled, call, calls: int, trace_dir: str, roles):
+    """{kind: ns}, {role: ns}, summed op ns, and of the untraced calls: wall s per call, share of the cores the
+    process kept busy, minor page faults and kernel CPU s per call."""
+    index = HloIndex(compiled.as_text(), roles)
     call()
-    wall0, cpu0 = time.perf_counter(), time.process_time()
+    usage0, wall0, cpu0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter(), time.process_time()
     for _ in range(calls):
         call()
     wall, cpu = (time.perf_counter() - wall0) / calls, (time.process_time() - cpu0) / calls
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    faults, sys_s = (usage.ru_minflt - usage0.ru_minflt) / calls, (usage.ru_stime - usage0.ru_stime) / calls
     jax.profiler.start_trace(trace_dir)
     for _ in range(calls):
         call()
@@ -110,13 +120,11 @@ def profile(compiled, call, calls: int, trace_dir: str):
                 kind, role = index.classify(event.name)
                 kinds[kind] += event.duration_ns
                 roles[role] += event.duration_ns
-    return kinds, roles, sum(kinds.values()), wall, cpu / (wall * os.cpu_count())
+    return kinds, roles, sum(kinds.values()), wall, cpu / (wall * os.cpu_count()), faults, sys_s
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    harness.add_arguments(parser, repeats=3)
-    args = parser.parse_args()
+def unet_programs():
+    """{name: (compiled, blocking call)} of benchmarks/unet_step.py's JAX side."""
     import diffusers
     import torch
 
@@ -130,21 +138,63 @@ def main():
     with tempfile.TemporaryDirectory() as path:
         ref.save_pretrained(path)
         sample_inputs = (inputs[0], inputs[2], np.zeros_like(inputs[2]))  # sampling is not profiled
-        fns, info, compiled = unet_step.jax_side(path, inputs, sample_inputs, 1, with_compiled=True)
+        fns, _, compiled = unet_step.jax_side(path, inputs, sample_inputs, 1, with_compiled=True)
+    return {name: (compiled[name], fns[name]) for name in ("step", "forward")}
+
+
+def tsc_programs(batch: int = 8, tokens: int = 128):
+    """{"step": (compiled, call)}: benchmarks/ella_tsc.py's fwd+bwd of the released-size TSC."""
+    import jax.numpy as jnp
+    import torch
+    from safetensors.torch import save_file
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+    from test_ella import RefELLA
+
+    from t2ijax.weights import load_ella
+
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "tsc.safetensors")
+        save_file({k: v.contiguous() for k, v in RefELLA().state_dict().items()}, path)
+        module, params = load_ella(path)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((batch, tokens, 2048)).astype(np.float32))
+    t = jnp.asarray(rng.integers(0, 1000, batch), jnp.int32)
+    grad = jax.jit(jax.grad(lambda p: jnp.mean(module.apply({"params": p}, x, t).astype(jnp.float32) ** 2)))
+    compiled = grad.lower(params).compile()
+    return {"step": (compiled, lambda: jax.block_until_ready(compiled(params)))}
+
+
+MODELS = {"unet": (unet_programs, UNET_ROLES), "tsc": (tsc_programs, TSC_ROLES)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    harness.add_arguments(parser, repeats=3)
+    parser.add_argument("--model", choices=sorted(MODELS), default="unet")
+    args = parser.parse_args()
+    build, roles = MODELS[args.model]
+    programs = build()
     check = harness.MachineCheck(wait_s=args.wait)
-    report = harness.Report("unet_profile", args, "python benchmarks/profile_unet.py", check)
+    report = harness.Report(f"{args.model}_profile", args, f"python benchmarks/op_profile.py --model {args.model}",
+                            check)
     cores = os.cpu_count()
-    for name in ("step", "forward"):
+    for name, (compiled, call) in programs.items():
         with tempfile.TemporaryDirectory() as trace_dir:
-            kinds, roles, total, wall, busy = profile(compiled[name], fns[name], args.repeats, trace_dir)
+            kinds, by_role, total, wall, busy, faults, sys_s = profile(compiled, call, args.repeats, trace_dir, roles)
         calls = args.repeats
-        top = ", ".join(f"{key} {ns / total:.0%}" for key, ns in roles.most_common(3))
-        report.value_row(f"{name}: cores busy (process CPU time / (wall x {cores} cores)), untraced "
+        top = ", ".join(f"{key} {ns / total:.0%}" for key, ns in by_role.most_common(3))
+        report.value_row(f"{args.model} {name}: cores busy (process CPU time / (wall x {cores} cores)), untraced "
                          f"{wall:.2f} s per call; op time by role: {top}", 100 * busy, "%", wall_s=wall)
-        for table, counter in (("kind", kinds), ("role", roles)):
+        for table, counter in (("kind", kinds), ("role", by_role)):
             for key, ns in counter.most_common():
-                report.value_row(f"{name}, by {table}: {key}", ns / calls / 1e6, f"ms per call ({ns / total:.1%})",
-                                 detail=True)
+                report.value_row(f"{args.model} {name}, by {table}: {key}", ns / calls / 1e6,
+                                 f"ms per call ({ns / total:.1%})", detail=True)
+        memory = compiled.memory_analysis()
+        report.value_row(f"{args.model} {name}: minor page faults per call ({sys_s:.2f} s of kernel CPU time per call; "
+                         f"XLA's temporary buffer {memory.temp_size_in_bytes / 2**20:,.0f} MiB is mapped afresh by "
+                         f"every call)", faults, "faults")
         report.info[f"{name}_wall_s"] = wall
     report.finish()
 
