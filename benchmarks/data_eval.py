@@ -45,17 +45,6 @@ import harness  # noqa: E402
 SCRIPT = "python benchmarks/data_eval.py"
 
 
-def command_line(parser: argparse.ArgumentParser, args) -> str:
-    """The command that reproduces this run: the script plus every option that differs from its default."""
-    parts = [SCRIPT]
-    for action in parser._actions:
-        if not action.option_strings or action.dest in ("help", "json"):
-            continue
-        value = getattr(args, action.dest)
-        if value != action.default:
-            parts.append(action.option_strings[-1] if action.nargs == 0 else f"{action.option_strings[-1]} {value}")
-    return " ".join(parts)
-
 
 def _batches_fn(iterator, batches: int, to_device=None):
     """A callable that reads `batches` batches from `iterator` (and puts each on the device)."""
@@ -212,7 +201,7 @@ def main():
     import torch
 
     check = harness.MachineCheck(wait_s=args.wait)
-    report = harness.Report("data_eval", args, command_line(parser, args), check)
+    report = harness.Report("data_eval", args, harness.command_line(SCRIPT, parser, args), check)
     report.info.update(processes="one: Grain worker_count=0, DataLoader num_workers=0",
                        torch_threads=torch.get_num_threads(), judge_images=args.judge_images)
     if not args.judges_only:

@@ -41,11 +41,6 @@ from t2ijax.weights import load_ella  # noqa: E402
 SCRIPT = "python benchmarks/ella_tsc.py"
 
 
-def command_line(parser: argparse.ArgumentParser, args) -> str:
-    """The command that reproduces this run: the script plus every option that differs from its default."""
-    changed = [f"--{k} {v}" for k, v in vars(args).items() if k != "json" and v != parser.get_default(k)]
-    return " ".join([SCRIPT, *changed])
-
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -103,7 +98,7 @@ def main():
     check = harness.MachineCheck(wait_s=args.wait)
     times = harness.alternate({"jax": run_jax, "torch": run_torch}, args.repeats, args.warmup, check)
 
-    report = harness.Report("ella_tsc", args, command_line(parser, args), check)
+    report = harness.Report("ella_tsc", args, harness.command_line(SCRIPT, parser, args), check)
     report.info.update(params_t2ijax=int(n_ours), params_reference=int(n_params), forward_max_rel_err=err,
                        jax_compile_s=round(compile_s, 2), jax_platform=jax.devices()[0].platform,
                        torch_threads=torch.get_num_threads())

@@ -37,11 +37,6 @@ from t2ijax.weights import load_text_encoder  # noqa: E402
 SCRIPT = "python benchmarks/encoders.py"
 
 
-def command_line(parser: argparse.ArgumentParser, args) -> str:
-    """The command that reproduces this run: the script plus every option that differs from its default."""
-    changed = [f"--{k} {v}" for k, v in vars(args).items() if k != "json" and v != parser.get_default(k)]
-    return " ".join([SCRIPT, *changed])
-
 
 def model_zoo():
     import transformers as T
@@ -107,7 +102,7 @@ def main():
         models.append((name, n_params, run_jax, run_torch))
 
     check = harness.MachineCheck(wait_s=args.wait)
-    report = harness.Report("encoders", args, command_line(parser, args), check)
+    report = harness.Report("encoders", args, harness.command_line(SCRIPT, parser, args), check)
     report.info.update(info)
     for name, n_params, run_jax, run_torch in models:
         times = harness.alternate({"jax": run_jax, "torch": run_torch}, args.repeats, args.warmup, check)

@@ -37,7 +37,7 @@ CALIBRATION_SLOWDOWN_MAX = 1.5
 
 
 def _busy_jiffies() -> tuple[int, int]:
-    """(busy jiffies of the whole machine, jiffies of this process and its threads).
+    """(busy jiffies of the whole machine, jiffies of this process, its threads and its finished children).
 
     Busy includes "steal", the time the hypervisor gave this VM's CPUs to other guests."""
     with open("/proc/stat") as f:
@@ -45,7 +45,7 @@ def _busy_jiffies() -> tuple[int, int]:
     busy = sum(fields[:8]) - fields[3] - fields[4]  # user..steal minus idle and iowait (guest time is in user)
     with open("/proc/self/stat") as f:
         own = f.read().rsplit(")", 1)[1].split()
-    return busy, int(own[11]) + int(own[12])  # utime, stime
+    return busy, sum(int(x) for x in own[11:15])  # utime, stime, cutime, cstime
 
 
 class CpuWatch:
@@ -199,6 +199,18 @@ def machine() -> dict:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return dict(cpu=model, cores=os.cpu_count(), memory_gib=round(mem, 1), system=platform.platform())
+
+
+def command_line(script: str, parser: argparse.ArgumentParser, args) -> str:
+    """The command that reproduces this run: `script` plus every option that differs from its default."""
+    parts = [script]
+    for action in parser._actions:
+        if not action.option_strings or action.dest in ("help", "json"):
+            continue
+        value = getattr(args, action.dest)
+        if value != action.default:
+            parts.append(action.option_strings[-1] if action.nargs == 0 else f"{action.option_strings[-1]} {value}")
+    return " ".join(parts)
 
 
 def add_arguments(parser: argparse.ArgumentParser, repeats: int = 5) -> None:

@@ -146,17 +146,6 @@ def torch_runner(config, steps):
     return run, cpu_s
 
 
-def command_line(parser: argparse.ArgumentParser, args) -> str:
-    """The command that reproduces this run: the script plus every option that differs from its default."""
-    parts = [SCRIPT]
-    for action in parser._actions:
-        if not action.option_strings or action.dest in ("help", "json"):
-            continue
-        value = getattr(args, action.dest)
-        if value != action.default:
-            parts.append(action.option_strings[-1] if action.nargs == 0 else f"{action.option_strings[-1]} {value}")
-    return " ".join(parts)
-
 
 def main():
     import torch
@@ -181,7 +170,7 @@ def main():
     eager, eager_cpu = torch_runner(config, args.steps)
 
     check = harness.MachineCheck(wait_s=args.wait)
-    report = harness.Report("loop_overhead", args, command_line(parser, args), check)
+    report = harness.Report("loop_overhead", args, harness.command_line(SCRIPT, parser, args), check)
     ck = f"full, ckpt/{args.checkpoint_every}"
     times = harness.alternate({"bare": bare, "full": full, ck: ckpt, "torch": eager}, args.repeats, args.warmup,
                               check)

@@ -51,17 +51,6 @@ def jax_denoise(params, x, t, cond):
     return toy_model(x, t, cond, jnp)
 
 
-def command_line(parser: argparse.ArgumentParser, args) -> str:
-    """The command that reproduces this run: the script plus every option that differs from its default."""
-    parts = [SCRIPT]
-    for action in parser._actions:
-        if not action.option_strings or action.dest in ("help", "json"):
-            continue
-        value = getattr(args, action.dest)
-        if value != action.default:
-            parts.append(action.option_strings[-1] if action.nargs == 0 else f"{action.option_strings[-1]} {value}")
-    return " ".join(parts)
-
 
 def main():
     import diffusers
@@ -92,7 +81,7 @@ def main():
     }
 
     check = harness.MachineCheck(wait_s=args.wait)
-    report = harness.Report("sampling_loop", args, command_line(parser, args), check)
+    report = harness.Report("sampling_loop", args, harness.command_line(SCRIPT, parser, args), check)
     report.info.update(batch=args.batch, latents=list(shape[1:]), steps=args.steps, guidance_scale=GUIDANCE,
                        dtype="float32", jax_device=str(jax.devices()[0]), torch_threads=args.torch_threads,
                        model="elementwise stand-in denoiser tanh(0.7x + c) cos(t/500) + 0.1x (no U-Net)",

@@ -75,7 +75,10 @@ def main():
     x = jax.ShapeDtypeStruct((1, 64, 64, 4), jnp.float32)
     t = jax.ShapeDtypeStruct((1,), jnp.int32)
     ctx = jax.ShapeDtypeStruct((1, 77, 768), jnp.float32)
-    init = lambda rng: module.init(rng, jnp.zeros(x.shape), jnp.zeros(t.shape, jnp.int32), jnp.zeros(ctx.shape))  # noqa: E731
+
+    def init(rng):
+        return module.init(rng, jnp.zeros(x.shape), jnp.zeros(t.shape, jnp.int32), jnp.zeros(ctx.shape))
+
     abstract, specs = shd.abstract_with_specs(init, jax.random.key(0))
     n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(abstract))
     tx = optax.adamw(1e-4)

@@ -48,7 +48,7 @@ def _flops(compiled) -> float:
 
 def jax_side(path, inputs, sample_inputs, sample_steps, with_compiled=False):
     """Compiled JAX callables {pass: fn} (each blocks) and facts about them (and the compiled step and
-    forward, for benchmarks/profile_unet.py)."""
+    forward, for benchmarks/op_profile.py)."""
     from t2ijax.diffusion import DDIM, DiscreteSchedule, sample
     from t2ijax.weights import load_unet
 
