@@ -125,19 +125,9 @@ def profile(compiled, call, calls: int, trace_dir: str, roles):
 
 def unet_programs():
     """{name: (compiled, blocking call)} of benchmarks/unet_step.py's JAX side."""
-    import diffusers
-    import torch
-
-    torch.manual_seed(0)
-    ref = diffusers.UNet2DConditionModel(**unet_step.CONFIG)
-    rng = np.random.default_rng(0)
-    inputs = (rng.standard_normal((unet_step.BATCH, unet_step.SIZE, unet_step.SIZE, 4), np.float32),
-              rng.integers(0, 1000, (unet_step.BATCH,)).astype(np.int64),
-              rng.standard_normal((unet_step.BATCH, *unet_step.CONTEXT), np.float32),
-              rng.standard_normal((unet_step.BATCH, unet_step.SIZE, unet_step.SIZE, 4), np.float32))
+    ref, inputs, sample_inputs = unet_step.reference_and_inputs(1)  # sampling is not profiled
     with tempfile.TemporaryDirectory() as path:
         ref.save_pretrained(path)
-        sample_inputs = (inputs[0], inputs[2], np.zeros_like(inputs[2]))  # sampling is not profiled
         fns, _, compiled = unet_step.jax_side(path, inputs, sample_inputs, 1, with_compiled=True)
     return {name: (compiled[name], fns[name]) for name in ("step", "forward")}
 

@@ -46,6 +46,25 @@ def _flops(compiled) -> float:
     return float(cost.get("flops", float("nan")))
 
 
+def reference_and_inputs(sample_images: int):
+    """The seeded diffusers U-Net, the step/forward inputs (x, t, context, target; NHWC) and the sampling
+    inputs (noise, context, empty context) that every U-Net benchmark shares."""
+    import diffusers
+    import torch
+
+    torch.manual_seed(0)
+    ref = diffusers.UNet2DConditionModel(**CONFIG)
+    rng = np.random.default_rng(0)
+    inputs = (rng.standard_normal((BATCH, SIZE, SIZE, 4), np.float32),
+              rng.integers(0, 1000, (BATCH,)).astype(np.int64),
+              rng.standard_normal((BATCH, *CONTEXT), np.float32),
+              rng.standard_normal((BATCH, SIZE, SIZE, 4), np.float32))
+    n = sample_images
+    sample_inputs = (rng.standard_normal((n, SIZE, SIZE, 4), np.float32),
+                     rng.standard_normal((n, *CONTEXT), np.float32), np.zeros((n, *CONTEXT), np.float32))
+    return ref, inputs, sample_inputs
+
+
 def jax_side(path, inputs, sample_inputs, sample_steps, with_compiled=False):
     """Compiled JAX callables {pass: fn} (each blocks) and facts about them (and the compiled step and
     forward, for benchmarks/op_profile.py)."""
@@ -148,19 +167,10 @@ def main():
     if args.attention:
         set_attention_impl(args.attention)
 
-    import diffusers
     import torch
 
-    torch.manual_seed(0)
-    ref = diffusers.UNet2DConditionModel(**CONFIG)
-    rng = np.random.default_rng(0)
-    inputs = (rng.standard_normal((BATCH, SIZE, SIZE, 4), np.float32),
-              rng.integers(0, 1000, (BATCH,)).astype(np.int64),
-              rng.standard_normal((BATCH, *CONTEXT), np.float32),
-              rng.standard_normal((BATCH, SIZE, SIZE, 4), np.float32))
+    ref, inputs, sample_inputs = reference_and_inputs(args.sample_images)
     n = args.sample_images
-    sample_inputs = (rng.standard_normal((n, SIZE, SIZE, 4), np.float32),
-                     rng.standard_normal((n, *CONTEXT), np.float32), np.zeros((n, *CONTEXT), np.float32))
     with tempfile.TemporaryDirectory() as path:
         ref.save_pretrained(path)
         jax_fns, info = jax_side(path, inputs, sample_inputs, args.sample_steps)
