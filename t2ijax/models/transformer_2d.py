@@ -79,22 +79,39 @@ class GEGLU(nn.Module):
         return value * nn.gelu(gate, approximate=False)
 
 
-class FeedForward(nn.Module):
-    """diffusers' FeedForward with activation_fn="geglu" (`net.0` GEGLU, `net.2` Linear)."""
-    dim: int
-    mult: int = 4
+class GELU(nn.Module):
+    """diffusers' GELU: Linear (`proj`) then exact (erf) GELU."""
+    features: int
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
-        h = GEGLU(self.dim * self.mult, dtype=self.dtype, name="net.0")(x)
+        return nn.gelu(Dense(self.features, ("embed", "mlp"), dtype=self.dtype, name="proj")(x), approximate=False)
+
+
+class FeedForward(nn.Module):
+    """diffusers' FeedForward (`net.0` GEGLU or GELU by `activation_fn`, `net.2` Linear)."""
+    dim: int
+    mult: int = 4
+    activation_fn: str = "geglu"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        acts = {"geglu": GEGLU, "gelu": GELU}
+        if self.activation_fn not in acts:
+            raise ValueError(f"FeedForward activation_fn {self.activation_fn!r}; supported: {sorted(acts)}")
+        h = acts[self.activation_fn](self.dim * self.mult, dtype=self.dtype, name="net.0")(x)
         return Dense(self.dim, ("mlp", "embed"), dtype=self.dtype, name="net.2")(h)
 
 
 class BasicTransformerBlock(nn.Module):
-    """Pre-LayerNorm self-attention, cross-attention, GEGLU feed-forward, each residual.
+    """Pre-LayerNorm self-attention, cross-attention, feed-forward, each residual.
 
     `only_cross_attention`: attn1 also attends to the context (then it takes `bias_fn` too).
+    `cross_attention=False`: no attn2 / norm2 (diffusers' block without `cross_attention_dim`, as in the
+    PriorTransformer); `self_bias` is then an additive logit bias of the self-attention, broadcastable to
+    (B, heads, L, L). `attention_bias`: q/k/v projections with biases. `activation_fn`: "geglu" | "gelu".
     """
     dim: int
     heads: int
@@ -102,13 +119,16 @@ class BasicTransformerBlock(nn.Module):
     only_cross_attention: bool = False
     upcast_attention: bool = False
     norm_eps: float = 1e-5
+    cross_attention: bool = True
+    attention_bias: bool = False
+    activation_fn: str = "geglu"
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, context, bias_fn: BiasFn = None):
+    def __call__(self, x, context=None, bias_fn: BiasFn = None, self_bias=None):
         def attn(name):
-            return Attention(self.heads, self.dim_head, self.dim, upcast_attention=self.upcast_attention,
-                             dtype=self.dtype, name=name)
+            return Attention(self.heads, self.dim_head, self.dim, qkv_bias=self.attention_bias,
+                             upcast_attention=self.upcast_attention, dtype=self.dtype, name=name)
 
         def norm(name):
             return LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name=name)
@@ -117,9 +137,11 @@ class BasicTransformerBlock(nn.Module):
         if self.only_cross_attention:
             x = x + attn("attn1")(h, context, bias_fn)
         else:
-            x = x + attn("attn1")(h)
-        x = x + attn("attn2")(norm("norm2")(x), context, bias_fn)
-        return x + FeedForward(self.dim, dtype=self.dtype, name="ff")(norm("norm3")(x))
+            x = x + attn("attn1")(h, None, None if self_bias is None else (lambda lq, lk: self_bias))
+        if self.cross_attention:
+            x = x + attn("attn2")(norm("norm2")(x), context, bias_fn)
+        ff = FeedForward(self.dim, activation_fn=self.activation_fn, dtype=self.dtype, name="ff")
+        return x + ff(norm("norm3")(x))
 
 
 class Transformer2DModel(nn.Module):

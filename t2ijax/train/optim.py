@@ -2,8 +2,10 @@
 
   config.optim = {
     name: "adamw", lr, b1, b2, eps, weight_decay,
-    schedule: "constant" | "warmup_cosine" | "linear", warmup_steps, decay_steps (0 = total_steps),
-    end_lr_factor,            # final lr / peak lr for cosine and linear
+    schedule: "constant" | "warmup_cosine" | "linear" | "cosine_restarts", warmup_steps, decay_steps (0 = total_steps),
+    end_lr_factor,            # final lr / peak lr for cosine and linear (eta_min / lr for cosine_restarts)
+    restart_steps, restart_mult,  # cosine_restarts: PyTorch's CosineAnnealingWarmRestarts T_0 (0 = decay_steps)
+                                  # and T_mult (an integer >= 1)
     grad_clip_norm,           # 0 disables clipping
     grad_accum_steps,         # > 1 wraps the optimizer in optax.MultiSteps
   }
@@ -15,7 +17,28 @@ from __future__ import annotations
 
 import optax
 
-SCHEDULES = ("constant", "warmup_cosine", "linear")
+SCHEDULES = ("constant", "warmup_cosine", "linear", "cosine_restarts")
+
+
+def cosine_restarts_schedule(lr: float, period: int, mult: int = 1, end: float = 0.0) -> optax.Schedule:
+    """PyTorch's CosineAnnealingWarmRestarts(T_0=period, T_mult=mult, eta_min=end), stepped once per update."""
+    import jax.numpy as jnp
+
+    if period < 1 or mult < 1 or int(mult) != mult:
+        raise ValueError(f"cosine_restarts needs restart_steps >= 1 and an integer restart_mult >= 1, got "
+                         f"{period}, {mult}")
+
+    def schedule(count):
+        t = jnp.asarray(count, jnp.float32)
+        if mult == 1:
+            t_cur, t_i = jnp.mod(t, period), float(period)
+        else:  # cycle n spans period * mult^n updates
+            n = jnp.floor(jnp.log1p(t * (mult - 1) / period) / jnp.log(float(mult)))
+            start = period * (mult ** n - 1) / (mult - 1)
+            t_cur, t_i = t - start, period * mult ** n
+        return end + (lr - end) * 0.5 * (1 + jnp.cos(jnp.pi * t_cur / t_i))
+
+    return schedule
 
 
 def make_schedule(optim, total_updates: int) -> optax.Schedule:
@@ -35,6 +58,12 @@ def make_schedule(optim, total_updates: int) -> optax.Schedule:
         if warmup:
             return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay_part], [warmup])
         return decay_part
+    if name == "cosine_restarts":
+        restarts = cosine_restarts_schedule(lr, int(optim.get("restart_steps", 0)) or decay,
+                                            int(optim.get("restart_mult", 1)), end)
+        if warmup:
+            return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), restarts], [warmup])
+        return restarts
     raise ValueError(f"config.optim.schedule={name!r}; choose one of {SCHEDULES}")
 
 

@@ -3,18 +3,23 @@
 Public API (imported lazily so that `import t2ijax.weights` stays cheap):
   load_unet(path) -> (module, params)          diffusers UNet2DConditionModel folder
   load_vae(path) -> (module, params)           diffusers AutoencoderKL folder
-  save_unet / save_vae(module, params, path)   export back to the diffusers layout
+  load_movq(path) -> (module, params)          diffusers VQModel folder (Kandinsky 2.2's MoVQ)
+  save_unet / save_vae / save_movq(module, params, path)   export back to the diffusers layout
   load_text_encoder(path) -> (module, params)  T5 / mT5 / UMT5 encoder, CLIP text, Llama (from config.json)
   load_clip(path) -> (module, params)          full CLIP (text + vision towers, projections)
   load_ella(path, **overrides) -> (module, params)  ELLA's released TSC safetensors
+  load_eclipse_prior(path) -> (module, params) ECLIPSE's released prior folder (diffusers PriorTransformer)
+  save_eclipse_prior(module, params, path)     export to that layout
 """
 
 import importlib
 
 _API = {
     "load_unet": "diffusers", "load_vae": "diffusers", "save_unet": "diffusers", "save_vae": "diffusers",
+    "load_movq": "diffusers", "save_movq": "diffusers",
     "load_text_encoder": "hf", "load_clip": "hf", "save_text_encoder": "hf", "load_tokenizer": "hf",
     "load_ella": "ella", "save_ella": "ella",
+    "load_eclipse_prior": "eclipse", "save_eclipse_prior": "eclipse",
 }
 
 
