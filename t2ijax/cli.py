@@ -223,8 +223,9 @@ def cmd_prepare() -> None:
     if config.data.name == "synthetic":
         print("[t2ijax] data.name='synthetic' needs no preparation")
         return
-    builder = _import("t2ijax.data.tfds_builders", "prepare").prepare(config.data)
-    print(f"[t2ijax] dataset ready: {getattr(builder, 'data_dir', builder)}")
+    if config.data.name != "feature_cache":  # a feature cache is built by the method's prepare (below)
+        builder = _import("t2ijax.data.tfds_builders", "prepare").prepare(config.data)
+        print(f"[t2ijax] dataset ready: {getattr(builder, 'data_dir', builder)}")
     from t2ijax.methods import get_method
     method = get_method(config.method, config)
     if callable(getattr(method, "prepare", None)):  # method-specific assets, e.g. ELLA's feature cache

@@ -19,6 +19,8 @@ config.model:
   text_dropout        probability of training on the null text condition (zeros: pooled, token states and mask).
                       Default 0.0 for ECLIPSE (not stated in the paper) and 0.1 for the diffusion baseline (paper)
   schedule            the diffusion baseline's DDPM schedule (linear 1e-4..0.02, 1,000 steps)
+  clip, source_data   optional: ``t2ijax prepare`` builds the caches of data.paths (train / validation / test)
+                      by running this CLIPModel folder over the splits of this image-caption data config
 config.sample: num_steps (25), guidance_scale (4.0): the diffusion baseline's prior sampling.
 
 The contrastive term (Eq. 4) is image -> text only: predicted embeddings against the batch's pooled projected
@@ -181,27 +183,33 @@ class EclipseMethod(MethodHooks):
 
     def predict(self, params, frozen, text_embeds, text_token_states, attention_mask, *, seeds=None, rng=None,
                 num_steps: int | None = None, guidance_scale: float | None = None):
-        """(B, E) predicted CLIP image embeddings for CLIP text features; the noise of example i from seeds[i]
-        (or all from `rng`). ECLIPSE: one forward pass. Diffusion baseline: DDPM sampling with CFG against the
-        null condition, un-normalised with clip_mean / clip_std."""
-        from t2ijax.train.sampling import initial_noise
-
-        b, e = text_embeds.shape[0], self.prior.embedding_dim
-        noise = initial_noise(b, (e,), seeds=seeds, rng=rng)
+        """`predict_image_embeds` with this run's prior (the diffusion baseline's normalisation from `frozen`)."""
         prior = params["prior"] if "prior" in params else params
-        if self.objective == "eclipse":
-            return self.apply_prior(prior, noise, text_embeds, text_token_states, attention_mask)
-        cond = (text_embeds, text_token_states, attention_mask)
-        null = self._condition({"text_embeds": text_embeds, "text_token_states": text_token_states,
-                                "attention_mask": attention_mask}, jnp.ones((b,), bool))
-        sampler = diffusion.DDIM(schedule=self.schedule, prediction_type="sample", eta=1.0, timestep_spacing="leading")
-        # the ancestral noise of the diffusion baseline comes from one key for the batch
-        key = rng if rng is not None else jax.random.PRNGKey(0 if seeds is None else int(np.sum(seeds)) % 2**31)
-        x0 = diffusion.sample(_denoise_prior(self.prior), prior, sampler, noise, cond,
-                              num_steps=int(num_steps or self.sample_steps), uncond=null,
-                              guidance_scale=float(self.guidance_scale if guidance_scale is None else guidance_scale),
-                              key=key)
-        return x0 * frozen["clip_std"] + frozen["clip_mean"]
+        if self.objective == "diffusion":
+            prior = dict(prior, clip_mean=frozen["clip_mean"][None], clip_std=frozen["clip_std"][None])
+        return predict_image_embeds(self.prior, prior, text_embeds, text_token_states, attention_mask, seeds=seeds,
+                                    rng=rng, num_steps=num_steps or self.sample_steps,
+                                    guidance_scale=self.guidance_scale if guidance_scale is None else guidance_scale,
+                                    schedule=self.schedule)
+
+    def prepare(self, config) -> list[str]:
+        """``t2ijax prepare``: the CLIP feature caches of data.paths from model.clip over model.source_data."""
+        from t2ijax.data.clip_features import build_clip_feature_cache
+        from t2ijax.data.tfds_builders import prepare as prepare_dataset
+
+        clip, source = field(config.model, "clip"), field(config.model, "source_data")
+        if not clip or not source:
+            raise ValueError("t2ijax prepare builds ECLIPSE's feature caches from model.clip (a CLIPModel folder) "
+                             "over model.source_data (a data config); set both, or build the caches yourself "
+                             "with t2ijax.data.clip_features.build_clip_feature_cache")
+        prepare_dataset(source)
+        written = []
+        for split, path in dict(config.data.paths).items():
+            path = os.path.expanduser(path)
+            if path and not os.path.exists(path):
+                build_clip_feature_cache(clip, source, split, path)
+                written.append(path)
+        return written
 
     # ---------------------------------------------------------------- export
 
@@ -218,6 +226,29 @@ class EclipseMethod(MethodHooks):
         path = os.path.join(out_dir, "prior")
         save_eclipse_prior(self.prior, prior, path)
         return [path]
+
+
+def predict_image_embeds(prior: PriorTransformer, params, text_embeds, text_token_states, attention_mask, *,
+                         seeds=None, rng=None, num_steps: int = 25, guidance_scale: float = 4.0, schedule=None):
+    """(B, E) CLIP image embeddings from CLIP text features with a trained or loaded prior; the noise of example i
+    from seeds[i] (or all from `rng`). ECLIPSE (no time embedding): one forward pass. A diffusion prior: DDPM
+    sampling (DDIM with eta 1 on the strided chain, `num_steps`) with classifier-free guidance against the null
+    condition (zeros), un-normalised by the params' clip_mean / clip_std (diffusers' post_process_latents)."""
+    from t2ijax.train.sampling import initial_noise
+
+    b = text_embeds.shape[0]
+    noise = initial_noise(b, (prior.embedding_dim,), seeds=seeds, rng=rng)
+    if not prior.time_embedding:
+        return prior.apply({"params": params}, noise, text_embeds, text_token_states, attention_mask)
+    cond = (text_embeds, text_token_states, attention_mask)
+    null = (jnp.zeros_like(text_embeds), jnp.zeros_like(text_token_states), jnp.zeros_like(attention_mask))
+    sampler = diffusion.DDIM(schedule=schedule or diffusion.DiscreteSchedule(), prediction_type="sample", eta=1.0,
+                             timestep_spacing="leading")
+    # the ancestral noise comes from one key for the batch
+    key = rng if rng is not None else jax.random.PRNGKey(0 if seeds is None else int(np.sum(seeds)) % 2**31)
+    x0 = diffusion.sample(_denoise_prior(prior), params, sampler, noise, cond, num_steps=int(num_steps), uncond=null,
+                          guidance_scale=float(guidance_scale), key=key)
+    return prior.apply({"params": params}, x0, method="post_process_latents")
 
 
 _DENOISERS: dict = {}
