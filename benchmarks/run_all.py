@@ -31,6 +31,7 @@ SUITE = {
     "unet_step": ["benchmarks/unet_step.py"],
     "attention": ["benchmarks/attention.py"],
     "ella_tsc": ["benchmarks/ella_tsc.py"],
+    "eclipse_prior": ["benchmarks/eclipse_prior.py"],
     "encoders": ["benchmarks/encoders.py"],
     "sampling_loop": ["benchmarks/sampling_loop.py"],
     "loop_overhead": ["benchmarks/loop_overhead.py"],
