@@ -25,10 +25,28 @@ def conv2d(features: int, kernel: int, *, stride: int = 1, padding: int | None =
                 dtype=dtype, name=name)
 
 
+class SpatialNorm(nn.Module):
+    """diffusers' SpatialNorm (MoVQ): GroupNorm(32, eps 1e-6) of `f`, scaled and shifted by 1x1 convs of the
+    quantised latents `zq`, nearest-resized to `f`'s size. Both NHWC."""
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, f, zq):
+        channels = f.shape[-1]
+        zq = upsample_nearest(zq.astype(self.dtype), f.shape[1:3])
+        norm = GroupNorm(32, epsilon=1e-6, dtype=self.dtype, name="norm_layer")(f)
+        return (norm * conv2d(channels, 1, dtype=self.dtype, name="conv_y")(zq)
+                + conv2d(channels, 1, dtype=self.dtype, name="conv_b")(zq))
+
+
 class ResnetBlock2D(nn.Module):
     """diffusers' ResnetBlock2D (pre-norm, "default" or "scale_shift" time conditioning).
 
-    `temb=None` (VAE) means the block has no `time_emb_proj`.
+    `temb=None` (VAE) means the block has no `time_emb_proj`. `up` / `down` resample between
+    norm1 and conv1 (nearest 2x / 2x2 average pooling, on the shortcut too), as the
+    `ResnetUpsampleBlock2D` / `ResnetDownsampleBlock2D` family does.
+    `time_embedding_norm="spatial"` is diffusers' ResnetBlockCondNorm2D (MoVQ decoder): norm1 and
+    norm2 are SpatialNorms and `temb` is the quantised latents (NHWC), not a time embedding.
     """
     out_channels: int
     groups: int = 32
@@ -37,14 +55,38 @@ class ResnetBlock2D(nn.Module):
     time_embedding_norm: str = "default"
     skip_time_act: bool = False
     output_scale_factor: float = 1.0
+    up: bool = False
+    down: bool = False
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x, temb=None):
         act = activation(self.act_fn)
+        spatial = self.time_embedding_norm == "spatial"
+        if spatial and temb is None:
+            raise ValueError("time_embedding_norm='spatial' needs the quantised latents as `temb`")
         residual = x
-        h = act(GroupNorm(self.groups, epsilon=self.eps, dtype=self.dtype, name="norm1")(x))
+        if spatial:
+            h = act(SpatialNorm(dtype=self.dtype, name="norm1")(x, temb))
+        else:
+            h = act(GroupNorm(self.groups, epsilon=self.eps, dtype=self.dtype, name="norm1")(x))
+        if self.up:
+            residual, h = upsample_nearest(residual), upsample_nearest(h)
+        elif self.down:
+            residual, h = avg_pool_2x2(residual), avg_pool_2x2(h)
         h = conv2d(self.out_channels, 3, dtype=self.dtype, name="conv1")(h)
+        if spatial:
+            h = SpatialNorm(dtype=self.dtype, name="norm2")(h, temb)
+        else:
+            h = self._time_conditioned_norm2(h, temb, act)
+        h = act(h)
+        h = conv2d(self.out_channels, 3, dtype=self.dtype, name="conv2")(h)
+        if residual.shape[-1] != self.out_channels:
+            residual = conv2d(self.out_channels, 1, dtype=self.dtype, name="conv_shortcut")(residual)
+        out = residual.astype(h.dtype) + h
+        return out / self.output_scale_factor if self.output_scale_factor != 1.0 else out
+
+    def _time_conditioned_norm2(self, h, temb, act):
         if temb is not None:
             t = temb if self.skip_time_act else act(temb)
             width = 2 * self.out_channels if self.time_embedding_norm == "scale_shift" else self.out_channels
@@ -54,17 +96,15 @@ class ResnetBlock2D(nn.Module):
             if temb is None:
                 raise ValueError("time_embedding_norm='scale_shift' needs a time embedding")
             scale, shift = jnp.split(t, 2, axis=-1)
-            h = norm2(h) * (1 + scale) + shift
-        elif self.time_embedding_norm == "default":
-            h = norm2(h if temb is None else h + t)
-        else:
-            raise ValueError(f"unsupported time_embedding_norm {self.time_embedding_norm!r}")
-        h = act(h)
-        h = conv2d(self.out_channels, 3, dtype=self.dtype, name="conv2")(h)
-        if residual.shape[-1] != self.out_channels:
-            residual = conv2d(self.out_channels, 1, dtype=self.dtype, name="conv_shortcut")(residual)
-        out = residual.astype(h.dtype) + h
-        return out / self.output_scale_factor if self.output_scale_factor != 1.0 else out
+            return norm2(h) * (1 + scale) + shift
+        if self.time_embedding_norm == "default":
+            return norm2(h if temb is None else h + t)
+        raise ValueError(f"unsupported time_embedding_norm {self.time_embedding_norm!r}")
+
+
+def avg_pool_2x2(x):
+    """PyTorch's AvgPool2d(2, 2) on NHWC `x` (an odd trailing row / column is dropped)."""
+    return nn.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
 
 
 class Downsample2D(nn.Module):

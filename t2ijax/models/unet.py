@@ -1,4 +1,4 @@
-"""Flax UNet2DConditionModel with diffusers' semantics (SD 1.x / 2.x, Kandinsky 2.2 image conditioning). NHWC.
+"""Flax UNet2DConditionModel with diffusers' semantics (SD 1.x / 2.x, Kandinsky 2.2's decoder). NHWC.
 
     unet = UNet2DConditionModel.from_config(json.load(open("unet/config.json")))
     eps = unet.apply({"params": params}, latents_nhwc, t, text_states,
@@ -8,9 +8,13 @@ Parameter names mirror the diffusers state dict (`down_blocks.0.attentions.1.tra
 so `t2ijax.weights.load_unet` converts checkpoints mechanically.
 
 diffusers' naming quirk: in SD configs `attention_head_dim` is really the NUMBER of heads per block
-(`num_attention_heads` must stay unset and defaults to it). Here the resolved per-block head counts
-are the field `attention_heads`. As in diffusers, `resnet_skip_time_act`, `resnet_out_scale_factor`,
-`addition_embed_type_num_heads` and `mid_block_only_cross_attention` have no effect on these block types.
+(`num_attention_heads` must stay unset and defaults to it). Here the per-block values are the field
+`attention_heads`. The Kandinsky 2.2 blocks (`t2ijax.models.simple_attn_blocks`: SimpleCrossAttn* and
+Resnet{Down,Up}sampleBlock2D, UNetMidBlock2DSimpleCrossAttn) read the same value as the WIDTH of a head,
+as diffusers does. As in diffusers, `resnet_skip_time_act` and `resnet_out_scale_factor` apply to those
+blocks only, `mid_block_only_cross_attention` to UNetMidBlock2DSimpleCrossAttn only (unset, it follows a
+boolean `only_cross_attention`), and `addition_embed_type_num_heads` (addition_embed_type="text" only)
+has no effect.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any, Callable, Mapping
 import flax.linen as nn
 import jax.numpy as jnp
 
-from t2ijax.models import unet_blocks
+from t2ijax.models import simple_attn_blocks, unet_blocks
 from t2ijax.models.diffusers_config import (FrozenConfig, check_supported, freeze_config, merge_with_defaults,
                                             per_block, thaw_config)
 from t2ijax.models.layers import Dense, GroupNorm, LayerNorm, activation, timestep_embedding
@@ -49,8 +53,14 @@ UNET_DEFAULTS: dict[str, Any] = {
     "mid_block_only_cross_attention": None, "cross_attention_norm": None, "addition_embed_type_num_heads": 64,
 }
 
-_DOWN = {"CrossAttnDownBlock2D": unet_blocks.CrossAttnDownBlock2D, "DownBlock2D": unet_blocks.DownBlock2D}
-_UP = {"CrossAttnUpBlock2D": unet_blocks.CrossAttnUpBlock2D, "UpBlock2D": unet_blocks.UpBlock2D}
+_DOWN = {"CrossAttnDownBlock2D": unet_blocks.CrossAttnDownBlock2D, "DownBlock2D": unet_blocks.DownBlock2D,
+         "SimpleCrossAttnDownBlock2D": simple_attn_blocks.SimpleCrossAttnDownBlock2D,
+         "ResnetDownsampleBlock2D": simple_attn_blocks.ResnetDownsampleBlock2D}
+_UP = {"CrossAttnUpBlock2D": unet_blocks.CrossAttnUpBlock2D, "UpBlock2D": unet_blocks.UpBlock2D,
+       "SimpleCrossAttnUpBlock2D": simple_attn_blocks.SimpleCrossAttnUpBlock2D,
+       "ResnetUpsampleBlock2D": simple_attn_blocks.ResnetUpsampleBlock2D}
+_MID = {"UNetMidBlock2DCrossAttn": unet_blocks.UNetMidBlock2DCrossAttn,
+        "UNetMidBlock2DSimpleCrossAttn": simple_attn_blocks.UNetMidBlock2DSimpleCrossAttn}
 
 
 def _is_activation(name) -> bool:
@@ -68,7 +78,7 @@ def _optional_activation(name) -> bool:
 _SUPPORTED = {
     "down_block_types": lambda v: all(t in _DOWN for t in v),
     "up_block_types": lambda v: all(t in _UP for t in v),
-    "mid_block_type": ("UNetMidBlock2DCrossAttn", None),
+    "mid_block_type": (*_MID, None),
     "num_attention_heads": (None,),
     "dropout": (0, 0.0),
     "norm_num_groups": lambda v: isinstance(v, int),
@@ -134,11 +144,11 @@ class ImageTimeEmbedding(nn.Module):
 
 
 class UNet2DConditionModel(nn.Module):
-    """diffusers' UNet2DConditionModel for CrossAttnDown/Down/CrossAttnUp/Up blocks, NHWC.
+    """diffusers' UNet2DConditionModel for the block types in `_DOWN` / `_MID` / `_UP`, NHWC.
 
     Build from a diffusers config with `from_config`; fields hold the resolved per-block values.
     `dtype` is the compute dtype (params stay float32; norms and softmax statistics are float32).
-    `remat` rematerialises every resnet and transformer in the backward pass.
+    `remat` rematerialises every resnet, transformer and added-KV attention in the backward pass.
     `config` keeps the original config.json (frozen) so `t2ijax.weights.save_unet` writes it back.
     """
     in_channels: int = 4
@@ -164,6 +174,9 @@ class UNet2DConditionModel(nn.Module):
     use_linear_projection: bool = False
     upcast_attention: bool = False
     resnet_time_scale_shift: str = "default"
+    resnet_skip_time_act: bool = False
+    resnet_out_scale_factor: float = 1.0
+    mid_block_only_cross_attention: bool = False
     time_embedding_dim: int | None = None
     time_embedding_act_fn: str | None = None
     timestep_post_act: str | None = None
@@ -198,6 +211,9 @@ class UNet2DConditionModel(nn.Module):
         if c["addition_embed_type"] == "image" and c["encoder_hid_dim"] is None:
             raise ValueError("addition_embed_type='image' needs encoder_hid_dim (the image embedding width)")
         cross = c["cross_attention_dim"]
+        mid_only_cross = c["mid_block_only_cross_attention"]
+        if mid_only_cross is None:  # diffusers: a boolean only_cross_attention also sets the mid block's
+            mid_only_cross = c["only_cross_attention"] if isinstance(c["only_cross_attention"], bool) else False
         return cls(
             in_channels=c["in_channels"], out_channels=c["out_channels"],
             center_input_sample=c["center_input_sample"], flip_sin_to_cos=c["flip_sin_to_cos"],
@@ -213,7 +229,9 @@ class UNet2DConditionModel(nn.Module):
             downsample_padding=c["downsample_padding"], mid_block_scale_factor=c["mid_block_scale_factor"],
             act_fn=c["act_fn"], norm_num_groups=c["norm_num_groups"], norm_eps=c["norm_eps"],
             use_linear_projection=c["use_linear_projection"], upcast_attention=c["upcast_attention"],
-            resnet_time_scale_shift=c["resnet_time_scale_shift"], time_embedding_dim=c["time_embedding_dim"],
+            resnet_time_scale_shift=c["resnet_time_scale_shift"], resnet_skip_time_act=c["resnet_skip_time_act"],
+            resnet_out_scale_factor=c["resnet_out_scale_factor"], mid_block_only_cross_attention=mid_only_cross,
+            time_embedding_dim=c["time_embedding_dim"],
             time_embedding_act_fn=c["time_embedding_act_fn"], timestep_post_act=c["timestep_post_act"],
             conv_in_kernel=c["conv_in_kernel"], conv_out_kernel=c["conv_out_kernel"],
             encoder_hid_dim_type=c["encoder_hid_dim_type"], encoder_hid_dim=c["encoder_hid_dim"],
@@ -238,6 +256,8 @@ class UNet2DConditionModel(nn.Module):
             "norm_num_groups": self.norm_num_groups, "norm_eps": self.norm_eps,
             "use_linear_projection": self.use_linear_projection, "upcast_attention": self.upcast_attention,
             "resnet_time_scale_shift": self.resnet_time_scale_shift,
+            "resnet_skip_time_act": self.resnet_skip_time_act, "resnet_out_scale_factor": self.resnet_out_scale_factor,
+            "mid_block_only_cross_attention": self.mid_block_only_cross_attention,
             "time_embedding_dim": self.time_embedding_dim, "time_embedding_act_fn": self.time_embedding_act_fn,
             "timestep_post_act": self.timestep_post_act, "conv_in_kernel": self.conv_in_kernel,
             "conv_out_kernel": self.conv_out_kernel, "encoder_hid_dim_type": self.encoder_hid_dim_type,
@@ -260,6 +280,15 @@ class UNet2DConditionModel(nn.Module):
         return self.addition_embed_type == "image" or self.encoder_hid_dim_type == "image_proj"
 
     # --------------------------------------------------------------- forward
+
+    def _block_kwargs(self, cls, heads, head_dim) -> dict[str, Any]:
+        """What diffusers' get_*_block passes by block type: the Kandinsky blocks take `attention_head_dim` as
+        the head width (`head_dim`) and the resnet_* options; the Transformer2DModel blocks take it as the
+        head count (`heads`)."""
+        if issubclass(cls, simple_attn_blocks.SimpleBlock):
+            return dict(head_dim=head_dim, skip_time_act=self.resnet_skip_time_act,
+                        output_scale_factor=self.resnet_out_scale_factor)
+        return dict(heads=heads)
 
     def _check_inputs(self, sample, timesteps, context, added_cond_kwargs):
         if sample.ndim != 4 or sample.shape[-1] != self.in_channels:
@@ -329,21 +358,24 @@ class UNet2DConditionModel(nn.Module):
         x = conv2d(self.block_out_channels[0], self.conv_in_kernel, dtype=dt, name="conv_in")(sample.astype(dt))
         skips = [x]
         for i, kind in enumerate(self.down_block_types):
-            block = _DOWN[kind](out_channels=self.block_out_channels[i], num_layers=self.layers_per_block[i],
-                                heads=self.attention_heads[i],
-                                transformer_layers=self.transformer_layers_per_block[i],
-                                only_cross_attention=self.only_cross_attention[i],
-                                add_downsample=i < n - 1,
-                                downsample_padding=self.downsample_padding, name=f"down_blocks.{i}", **common)
+            cls = _DOWN[kind]
+            block = cls(out_channels=self.block_out_channels[i], num_layers=self.layers_per_block[i],
+                        transformer_layers=self.transformer_layers_per_block[i],
+                        only_cross_attention=self.only_cross_attention[i], add_downsample=i < n - 1,
+                        downsample_padding=self.downsample_padding, name=f"down_blocks.{i}",
+                        **self._block_kwargs(cls, self.attention_heads[i], self.attention_heads[i]), **common)
             x, res = block(x, emb, context, attention_bias_fn)
             skips.extend(res)
 
         if self.mid_block_type is not None:
-            x = unet_blocks.UNetMidBlock2DCrossAttn(
-                out_channels=self.block_out_channels[-1], num_layers=1, heads=self.attention_heads[-1],
-                transformer_layers=self.transformer_layers_per_block[-1],
-                output_scale_factor=self.mid_block_scale_factor, name="mid_block", **common,
-            )(x, emb, context, attention_bias_fn)
+            cls = _MID[self.mid_block_type]
+            kwargs = self._block_kwargs(cls, self.attention_heads[-1], self.attention_heads[-1])
+            if cls is simple_attn_blocks.UNetMidBlock2DSimpleCrossAttn:
+                kwargs["only_cross_attention"] = self.mid_block_only_cross_attention
+            kwargs["output_scale_factor"] = self.mid_block_scale_factor
+            x = cls(out_channels=self.block_out_channels[-1], num_layers=1,
+                    transformer_layers=self.transformer_layers_per_block[-1], name="mid_block", **kwargs, **common,
+                    )(x, emb, context, attention_bias_fn)
 
         rev = lambda t: tuple(reversed(t))  # noqa: E731
         channels, layers, heads = rev(self.block_out_channels), rev(self.layers_per_block), rev(self.attention_heads)
@@ -354,9 +386,12 @@ class UNet2DConditionModel(nn.Module):
             last = i == n - 1
             # the next skip's size: exact 2x normally; differs when H or W is not divisible by 2^(n-1)
             size = None if last else skips[-1].shape[1:3]
-            block = _UP[kind](out_channels=channels[i], num_layers=num, heads=heads[i], transformer_layers=t_layers[i],
-                              only_cross_attention=only_cross[i], add_upsample=not last, name=f"up_blocks.{i}",
-                              **common)
+            cls = _UP[kind]
+            # diffusers reverses the head counts for the up blocks but not attention_head_dim (the head width
+            # of the Kandinsky blocks): up block i takes the width of down block i
+            block = cls(out_channels=channels[i], num_layers=num, transformer_layers=t_layers[i],
+                        only_cross_attention=only_cross[i], add_upsample=not last, name=f"up_blocks.{i}",
+                        **self._block_kwargs(cls, heads[i], self.attention_heads[i]), **common)
             x = block(x, res, emb, context, attention_bias_fn, size)
 
         x = GroupNorm(self.norm_num_groups, epsilon=self.norm_eps, dtype=dt, name="conv_norm_out")(x)

@@ -1,8 +1,9 @@
 """The down / mid / up blocks of diffusers' UNet2DConditionModel and AutoencoderKL, NHWC.
 
 Implemented: CrossAttnDownBlock2D, DownBlock2D, UNetMidBlock2DCrossAttn,
-CrossAttnUpBlock2D, UpBlock2D (U-Net) and DownEncoderBlock2D, UNetMidBlock2D,
-UpDecoderBlock2D (VAE). Names mirror diffusers (`resnets.0`, `attentions.0`,
+CrossAttnUpBlock2D, UpBlock2D (U-Net) and DownEncoderBlock2D, AttnDownEncoderBlock2D,
+UNetMidBlock2D, UpDecoderBlock2D, AttnUpDecoderBlock2D (VAE / MoVQ). Kandinsky 2.2's
+U-Net blocks are in `t2ijax.models.simple_attn_blocks`. Names mirror diffusers (`resnets.0`, `attentions.0`,
 `downsamplers.0`, `upsamplers.0`).
 
 With `remat=True` every resnet and every Transformer2DModel is rematerialised in
@@ -16,7 +17,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from t2ijax.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
+from t2ijax.models.resnet import Downsample2D, ResnetBlock2D, SpatialNorm, Upsample2D
 from t2ijax.models.transformer_2d import Attention, BiasFn, Transformer2DModel
 
 Dtype = Any
@@ -136,8 +137,27 @@ class CrossAttnUpBlock2D(UpBlock2D):
 
 
 # ------------------------------------------------------------------ VAE blocks
+# With time_embedding_norm="spatial" (MoVQ's decoder) the resnets and attentions are normalised by
+# SpatialNorm conditioned on the quantised latents, which the decoder passes as `temb`.
 
-class DownEncoderBlock2D(_Block):
+class _VAEBlock(_Block):
+    def attention(self, i: int, x, temb=None):
+        """diffusers' Attention(..., residual_connection=True, bias=True) of the VAE blocks: one head of width C,
+        GroupNorm on the input, or SpatialNorm(x, temb) with time_embedding_norm="spatial"."""
+        b, h, w, c = x.shape
+        name = f"attentions.{i}"
+        if self.time_embedding_norm != "spatial":
+            attn = Attention(1, c, c, qkv_bias=True, group_norm_groups=self.groups, eps=self.eps,
+                             residual_connection=True, dtype=self.dtype, name=name)
+            return attn(x.reshape(b, h * w, c)).reshape(b, h, w, c)
+        # diffusers' `attentions.i.spatial_norm`: a sibling module whose dotted name gives the same torch key,
+        # since Attention works on the flattened sequence and SpatialNorm needs the 2-D map
+        normed = SpatialNorm(dtype=self.dtype, name=f"{name}.spatial_norm")(x, temb)
+        out = Attention(1, c, c, qkv_bias=True, dtype=self.dtype, name=name)(normed.reshape(b, h * w, c))
+        return x + out.reshape(b, h, w, c).astype(x.dtype)
+
+
+class DownEncoderBlock2D(_VAEBlock):
     add_downsample: bool = True
 
     @nn.compact
@@ -149,34 +169,52 @@ class DownEncoderBlock2D(_Block):
         return x
 
 
-class UpDecoderBlock2D(_Block):
-    add_upsample: bool = True
+class AttnDownEncoderBlock2D(DownEncoderBlock2D):
+    """DownEncoderBlock2D with a VAE attention after every resnet (MoVQ's last encoder block)."""
 
     @nn.compact
     def __call__(self, x):
         for i in range(self.num_layers):
-            x = self.resnet(i)(x, None)
+            x = self.attention(i, self.resnet(i)(x, None))
+        if self.add_downsample:
+            x = Downsample2D(self.out_channels, padding=0, dtype=self.dtype, name="downsamplers.0")(x)
+        return x
+
+
+class UpDecoderBlock2D(_VAEBlock):
+    """`temb`: the quantised latents with time_embedding_norm="spatial", else None."""
+    add_upsample: bool = True
+
+    @nn.compact
+    def __call__(self, x, temb=None):
+        for i in range(self.num_layers):
+            x = self.resnet(i)(x, temb)
         if self.add_upsample:
             x = Upsample2D(self.out_channels, dtype=self.dtype, name="upsamplers.0")(x)
         return x
 
 
-class UNetMidBlock2D(_Block):
-    """resnet, then (single-head spatial self-attention with group norm, resnet) x num_layers.
+class AttnUpDecoderBlock2D(UpDecoderBlock2D):
+    """UpDecoderBlock2D with a VAE attention after every resnet (MoVQ's first decoder block)."""
 
-    The attention is diffusers' `Attention(..., norm_num_groups, residual_connection=True, bias=True)`
-    with one head of width C, as in the VAE mid block.
-    """
+    @nn.compact
+    def __call__(self, x, temb=None):
+        for i in range(self.num_layers):
+            x = self.attention(i, self.resnet(i)(x, temb), temb)
+        if self.add_upsample:
+            x = Upsample2D(self.out_channels, dtype=self.dtype, name="upsamplers.0")(x)
+        return x
+
+
+class UNetMidBlock2D(_VAEBlock):
+    """resnet, then (single-head spatial self-attention, resnet) x num_layers (the VAE mid block)."""
     add_attention: bool = True
 
     @nn.compact
     def __call__(self, x, temb=None):
         x = self.resnet(0)(x, temb)
-        b, h, w, c = x.shape
         for i in range(self.num_layers):
             if self.add_attention:
-                attn = Attention(1, c, c, qkv_bias=True, group_norm_groups=self.groups, eps=self.eps,
-                                 residual_connection=True, dtype=self.dtype, name=f"attentions.{i}")
-                x = attn(x.reshape(b, h * w, c)).reshape(b, h, w, c)
+                x = self.attention(i, x, temb)
             x = self.resnet(i + 1)(x, temb)
         return x

@@ -19,8 +19,9 @@ import jax.numpy as jnp
 from t2ijax.models.diffusers_config import (FrozenConfig, check_supported, freeze_config, merge_with_defaults,
                                             thaw_config)
 from t2ijax.models.layers import GroupNorm, activation
-from t2ijax.models.resnet import conv2d
-from t2ijax.models.unet_blocks import DownEncoderBlock2D, UNetMidBlock2D, UpDecoderBlock2D
+from t2ijax.models.resnet import SpatialNorm, conv2d
+from t2ijax.models.unet_blocks import (AttnDownEncoderBlock2D, AttnUpDecoderBlock2D, DownEncoderBlock2D,
+                                      UNetMidBlock2D, UpDecoderBlock2D)
 
 Dtype = Any
 
@@ -52,7 +53,13 @@ def gaussian_kl(mean, logvar):
     return 0.5 * jnp.sum(mean ** 2 + jnp.exp(logvar) - 1.0 - logvar, axis=(1, 2, 3))
 
 
+_DOWN_BLOCKS = {"DownEncoderBlock2D": DownEncoderBlock2D, "AttnDownEncoderBlock2D": AttnDownEncoderBlock2D}
+_UP_BLOCKS = {"UpDecoderBlock2D": UpDecoderBlock2D, "AttnUpDecoderBlock2D": AttnUpDecoderBlock2D}
+
+
 class Encoder(nn.Module):
+    """diffusers' vae.Encoder. `down_block_types` defaults to DownEncoderBlock2D everywhere; `double_z=False`
+    (VQModel) outputs `latent_channels` instead of mean and logvar."""
     block_out_channels: tuple[int, ...]
     layers_per_block: int
     latent_channels: int
@@ -60,22 +67,29 @@ class Encoder(nn.Module):
     act_fn: str
     mid_block_add_attention: bool = True
     dtype: Dtype = jnp.float32
+    down_block_types: tuple[str, ...] | None = None
+    double_z: bool = True
 
     @nn.compact
     def __call__(self, x):
         common = dict(groups=self.groups, eps=_EPS, act_fn=self.act_fn, dtype=self.dtype)
         n = len(self.block_out_channels)
+        kinds = self.down_block_types or ("DownEncoderBlock2D",) * n
         x = conv2d(self.block_out_channels[0], 3, dtype=self.dtype, name="conv_in")(x.astype(self.dtype))
         for i, ch in enumerate(self.block_out_channels):
-            x = DownEncoderBlock2D(out_channels=ch, num_layers=self.layers_per_block, add_downsample=i < n - 1,
-                                   name=f"down_blocks.{i}", **common)(x)
+            x = _DOWN_BLOCKS[kinds[i]](out_channels=ch, num_layers=self.layers_per_block, add_downsample=i < n - 1,
+                                       name=f"down_blocks.{i}", **common)(x)
         x = UNetMidBlock2D(out_channels=self.block_out_channels[-1], add_attention=self.mid_block_add_attention,
                            name="mid_block", **common)(x)
         x = activation(self.act_fn)(GroupNorm(self.groups, epsilon=_EPS, dtype=self.dtype, name="conv_norm_out")(x))
-        return conv2d(2 * self.latent_channels, 3, dtype=self.dtype, name="conv_out")(x)
+        out = 2 * self.latent_channels if self.double_z else self.latent_channels
+        return conv2d(out, 3, dtype=self.dtype, name="conv_out")(x)
 
 
 class Decoder(nn.Module):
+    """diffusers' vae.Decoder. `up_block_types` defaults to UpDecoderBlock2D everywhere. With
+    `norm_type="spatial"` (MoVQ) every norm after conv_in is a SpatialNorm conditioned on `latent_embeds`
+    (the quantised latents, NHWC)."""
     block_out_channels: tuple[int, ...]
     layers_per_block: int
     out_channels: int
@@ -83,19 +97,32 @@ class Decoder(nn.Module):
     act_fn: str
     mid_block_add_attention: bool = True
     dtype: Dtype = jnp.float32
+    up_block_types: tuple[str, ...] | None = None
+    norm_type: str = "group"
 
     @nn.compact
-    def __call__(self, z):
-        common = dict(groups=self.groups, eps=_EPS, act_fn=self.act_fn, dtype=self.dtype)
+    def __call__(self, z, latent_embeds=None):
+        spatial = self.norm_type == "spatial"
+        if self.norm_type not in ("group", "spatial"):
+            raise ValueError(f"unsupported norm_type {self.norm_type!r}; supported: 'group', 'spatial'")
+        if spatial and latent_embeds is None:
+            raise ValueError("norm_type='spatial' decodes with the quantised latents as `latent_embeds`")
+        temb = latent_embeds.astype(self.dtype) if spatial else None
+        common = dict(groups=self.groups, eps=_EPS, act_fn=self.act_fn, dtype=self.dtype,
+                      time_embedding_norm="spatial" if spatial else "default")
         n = len(self.block_out_channels)
+        kinds = self.up_block_types or ("UpDecoderBlock2D",) * n
         x = conv2d(self.block_out_channels[-1], 3, dtype=self.dtype, name="conv_in")(z.astype(self.dtype))
         x = UNetMidBlock2D(out_channels=self.block_out_channels[-1], add_attention=self.mid_block_add_attention,
-                           name="mid_block", **common)(x)
+                           name="mid_block", **common)(x, temb)
         for i, ch in enumerate(reversed(self.block_out_channels)):
-            x = UpDecoderBlock2D(out_channels=ch, num_layers=self.layers_per_block + 1, add_upsample=i < n - 1,
-                                 name=f"up_blocks.{i}", **common)(x)
-        x = activation(self.act_fn)(GroupNorm(self.groups, epsilon=_EPS, dtype=self.dtype, name="conv_norm_out")(x))
-        return conv2d(self.out_channels, 3, dtype=self.dtype, name="conv_out")(x)
+            x = _UP_BLOCKS[kinds[i]](out_channels=ch, num_layers=self.layers_per_block + 1, add_upsample=i < n - 1,
+                                     name=f"up_blocks.{i}", **common)(x, temb)
+        if spatial:
+            x = SpatialNorm(dtype=self.dtype, name="conv_norm_out")(x, temb)
+        else:
+            x = GroupNorm(self.groups, epsilon=_EPS, dtype=self.dtype, name="conv_norm_out")(x)
+        return conv2d(self.out_channels, 3, dtype=self.dtype, name="conv_out")(activation(self.act_fn)(x))
 
 
 class AutoencoderKL(nn.Module):

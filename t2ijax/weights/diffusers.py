@@ -1,4 +1,4 @@
-"""diffusers UNet2DConditionModel / AutoencoderKL folders <-> t2ijax modules and params.
+"""diffusers UNet2DConditionModel / AutoencoderKL / VQModel (MoVQ) folders <-> t2ijax modules and params.
 
 A folder holds `config.json` and `diffusion_pytorch_model[.<variant>].safetensors` (or shards
 with an `.index.json`), as written by diffusers' `save_pretrained`. Nothing here imports torch
@@ -16,6 +16,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from t2ijax.models.layers import abstract_init
+from t2ijax.models.movq import VQModel
 from t2ijax.models.unet import UNet2DConditionModel
 from t2ijax.models.vae import AutoencoderKL
 from t2ijax.weights.torch_layout import (params_to_state_dict, read_config, read_weights, sharded_placer,
@@ -57,6 +58,15 @@ def load_vae(path: str | os.PathLike, *, dtype: Any = None, shardings=None, vari
     return _load(module, (images,), {}, path, shardings, variant, param_dtype, "VAE")
 
 
+def load_movq(path: str | os.PathLike, *, dtype: Any = None, shardings=None, variant: str | None = None,
+              param_dtype: Any = None):
+    """(VQModel, params) from a diffusers VQModel folder (Kandinsky 2.2's `movq`); arguments as in `load_unet`."""
+    module = VQModel.from_config(read_config(path), dtype=dtype or jnp.float32)
+    size = 2 ** (len(module.block_out_channels) - 1)
+    images = jnp.zeros((1, size, size, module.in_channels), jnp.float32)
+    return _load(module, (images,), {}, path, shardings, variant, param_dtype, "VQModel")
+
+
 def _save(module_or_config, params, path, dtype, max_shard_bytes):
     config = module_or_config.to_config() if hasattr(module_or_config, "to_config") else dict(module_or_config)
     write_config(config, path)
@@ -77,4 +87,10 @@ def save_unet(module_or_config, params, path: str | os.PathLike, *, dtype: Any =
 def save_vae(module_or_config, params, path: str | os.PathLike, *, dtype: Any = None,
              max_shard_bytes: int | None = None) -> list[str]:
     """Write an AutoencoderKL folder in the diffusers layout; arguments as in `save_unet`."""
+    return _save(module_or_config, params, path, dtype, max_shard_bytes)
+
+
+def save_movq(module_or_config, params, path: str | os.PathLike, *, dtype: Any = None,
+              max_shard_bytes: int | None = None) -> list[str]:
+    """Write a VQModel (MoVQ) folder in the diffusers layout; arguments as in `save_unet`."""
     return _save(module_or_config, params, path, dtype, max_shard_bytes)
