@@ -1,6 +1,6 @@
 """ECLIPSE on Shapes: the paper's three priors (Tab. 2) trained on the Shapes CLIP's cached features.
 
-The frozen CLIP is configs/clip_shapes.py's (text width = projection = 96, so the prior's embedding_dim is 96 and
+The frozen CLIP is configs/clip_shapes.py's (text width = projection = 64, so the prior's embedding_dim is 64 and
 its text length is the data's 80 tokens); the prior is the paper's architecture scaled down (8 heads x 16, 6 layers,
 ~2M params); the recipe is the paper's (AdamW, lr with cosine warm restarts, lambda 0.2) at a higher lr for the
 short CPU run. The caches are built once by ``t2ijax prepare`` (the CLIP over the train / validation / test splits
@@ -10,7 +10,7 @@ configs/unclip_shapes.py.
 Arguments (after ``:``, comma separated):
   variant   "base" (default) or "tiny" (smoke run)
   prior     "eclipse" (lambda 0.2), "projection" (lambda 0) or "diffusion" (see configs/eclipse_kandinsky22.py)
-  clip      the CLIP export (default runs/clip_shapes/export)
+  clip      the CLIP export (default runs/clip_shapes/export/clip)
   features  folder of the caches (default runs/eclipse_shapes_features)
 
 Launch:
@@ -33,7 +33,7 @@ clip_shapes = import_sibling(__file__, "clip_shapes")
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, variant="base", prior="eclipse", clip="runs/clip_shapes/export",
+    arg = parse_arg(arg, variant="base", prior="eclipse", clip="runs/clip_shapes/export/clip",
                     features="runs/eclipse_shapes_features")
     if arg.variant not in ("base", "tiny"):
         raise ValueError(f"eclipse_shapes variant {arg.variant!r}; choose 'base' or 'tiny'")
@@ -55,7 +55,7 @@ def get_config(arg=None):
     source = clip_shapes.get_config("tiny" if tiny else "base").data
     c.data = ml_collections.ConfigDict(dict(name="feature_cache", path="", paths={
         split: os.path.join(arg.features, f"{split}.array_record") for split in ("train", "validation", "test")}))
-    width = 32 if tiny else 96  # the CLIP's text width = projection_dim
+    width = 32 if tiny else 64  # the CLIP's text width = projection_dim
     fields = dict(num_attention_heads=2 if tiny else 8, attention_head_dim=16 if tiny else 16,
                   num_layers=1 if tiny else 6, embedding_dim=width, num_embeddings=int(source.max_length))
     c.model = kandinsky22.prior_model(arg.prior, fields)
