@@ -241,7 +241,13 @@ def score_shapes(graphs: list[dict], prompts: list[str], grouped, *, judge: str 
         "dpg_l1": result.l1,
         "dpg_l2": result.l2,
         "compbench": compbench_scores(graphs, detections, detector=_given),
-        "per_prompt": {str(k): {"prompt": p, "score": 100.0 * s.score} for k, (p, s) in enumerate(zip(prompts, scores))},
+        # per prompt: the DPG-style score and the CompBench-style question accuracy of each category it has
+        # (paired comparisons per category need them)
+        "per_prompt": {str(k): {"prompt": p, "score": 100.0 * s.score,
+                                "compbench": {name: c["question"] for name, c in
+                                              compbench_scores([g], [found], detector=_given).items()
+                                              if c["num_questions"]}}
+                       for k, (p, s, g, found) in enumerate(zip(prompts, scores, graphs, detections))},
     }
 
 

@@ -80,17 +80,19 @@ def torch_dense(features: int, fan_in: int, axes, *, name: str, dtype: Dtype, ze
 # --------------------------------------------------------------- sub-modules
 
 class TimestepEmbedding(nn.Module):
-    """diffusers `TimestepEmbedding`: linear_1 -> act -> linear_2."""
+    """diffusers `TimestepEmbedding`: linear_1 -> act -> linear_2 (to `out_features`, default `features`)."""
     in_channels: int
     features: int
     act_fn: str = "silu"
+    out_features: int | None = None
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
         x = torch_dense(self.features, self.in_channels, (None, "mlp"), name="linear_1", dtype=self.dtype)(x)
         x = layers.activation(self.act_fn)(x)
-        return torch_dense(self.features, self.features, ("mlp", "embed"), name="linear_2", dtype=self.dtype)(x)
+        return torch_dense(self.out_features or self.features, self.features, ("mlp", "embed"), name="linear_2",
+                           dtype=self.dtype)(x)
 
 
 class AdaLayerNorm(nn.Module):

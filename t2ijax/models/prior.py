@@ -27,7 +27,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from t2ijax.models.layers import Dense, LayerNorm, activation, param, timestep_embedding
+from t2ijax.models.ella import TimestepEmbedding
+from t2ijax.models.layers import Dense, LayerNorm, param, timestep_embedding
 from t2ijax.models.transformer_2d import BasicTransformerBlock
 
 Dtype = Any
@@ -39,19 +40,6 @@ PRIOR_DEFAULTS: dict[str, Any] = dict(
     additional_embeddings=4, dropout=0.0, time_embed_act_fn="silu", norm_in_type=None,
     embedding_proj_norm_type=None, encoder_hid_proj_type="linear", added_emb_type="prd", time_embed_dim=None,
     embedding_proj_dim=None, clip_embed_dim=None)
-
-
-class _TimeEmbedding(nn.Module):
-    """diffusers' TimestepEmbedding(inner, time_embed_dim, out_dim=inner): linear_1 -> act -> linear_2."""
-    hidden: int
-    features: int
-    act_fn: str = "silu"
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        x = activation(self.act_fn)(Dense(self.hidden, (None, "mlp"), dtype=self.dtype, name="linear_1")(x))
-        return Dense(self.features, ("mlp", "embed"), dtype=self.dtype, name="linear_2")(x)
 
 
 class PriorTransformer(nn.Module):
@@ -157,8 +145,9 @@ class PriorTransformer(nn.Module):
         if self.time_embedding:
             t = jnp.broadcast_to(jnp.asarray(timestep), (b,))
             t_emb = timestep_embedding(t, inner, flip_sin_to_cos=True, downscale_freq_shift=0.0)
-            tokens.append(_TimeEmbedding(self.time_embed_dim or inner, inner, self.time_embed_act_fn,
-                                         dtype=self.dtype, name="time_embedding")(t_emb.astype(self.dtype))[:, None])
+            embed = TimestepEmbedding(inner, self.time_embed_dim or inner, self.time_embed_act_fn, out_features=inner,
+                                      dtype=self.dtype, name="time_embedding")
+            tokens.append(embed(t_emb.astype(self.dtype))[:, None])
         tokens.append(dense("proj_in", hidden_states)[:, None])
         seq_len = length + self.additional_embeddings
         prd = param(self, "prd_embedding", nn.initializers.zeros, (1, 1, inner), (None, None, "embed"))
