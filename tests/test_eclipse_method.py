@@ -12,7 +12,7 @@ import torch
 from t2ijax.config_utils import load_config
 from t2ijax.data.feature_cache import FeatureCache
 from t2ijax.methods import get_method
-from t2ijax.methods.eclipse import contrastive_loss, projection_loss
+from t2ijax.methods.eclipse import contrastive_loss, predict_image_embeds, projection_loss
 from t2ijax.train import loop
 from t2ijax.train.optim import cosine_restarts_schedule
 from t2ijax.weights import load_eclipse_prior
@@ -71,10 +71,20 @@ def tiny_config(cache, prior, **overrides):
     return load_config(f"{REPO}/configs/eclipse_kandinsky22.py:variant=tiny,prior={prior}", items)
 
 
-@pytest.mark.parametrize("prior", ["eclipse", "projection", "diffusion"])
-def test_three_priors_train_export_and_predict(cache, prior, tmp_path):
+def test_the_papers_three_priors_as_configs(cache):
+    for prior, weight, objective in (("eclipse", 0.2, "eclipse"), ("projection", 0.0, "eclipse"),
+                                     ("diffusion", 0.0, "diffusion")):
+        config = tiny_config(cache, prior)
+        assert (config.model.contrastive_weight, config.model.objective) == (weight, objective)
+        assert config.model.text_dropout == (0.1 if prior == "diffusion" else 0.0)
+        assert config.optim.schedule == "cosine_restarts" and config.optim.lr == 5e-5
+    paper = load_config(f"{REPO}/configs/eclipse_karlo.py")
+    assert paper.batch_size == 1024 and paper.model.prior.embedding_dim == 768
+
+
+@pytest.mark.parametrize("prior", ["eclipse", "diffusion"])  # "projection" is the eclipse code with lambda 0
+def test_priors_train_export_and_predict(cache, prior, tmp_path):
     config = tiny_config(cache, prior)
-    assert config.model.contrastive_weight == {"eclipse": 0.2, "projection": 0.0, "diffusion": 0.0}[prior]
     state = loop.train(config, str(tmp_path / "run"))
     method = get_method("eclipse", config)
     params = jax.device_get(state.params)
@@ -94,13 +104,16 @@ def test_three_priors_train_export_and_predict(cache, prior, tmp_path):
         noise = initial_noise(4, (16,), seeds=[0, 1, 2, 3])
         np.testing.assert_allclose(np.asarray(module.apply({"params": loaded}, noise, *args)), np.asarray(pred),
                                    atol=1e-6)
-    else:  # diffusers' post_process_latents holds the normalisation
+    else:  # diffusers' post_process_latents holds the normalisation: the export samples as the run does
         np.testing.assert_allclose(np.asarray(loaded["clip_mean"])[0], np.asarray(frozen["clip_mean"]), atol=1e-6)
+        exported = predict_image_embeds(module, loaded, *args, seeds=[0, 1, 2, 3], num_steps=5)
+        np.testing.assert_allclose(np.asarray(exported), np.asarray(pred), atol=1e-5)
 
 
 def test_eclipse_learns_and_contrastive_term_is_used(cache, tmp_path):
     """On the synthetic cache (image = linear map of text + noise) ECLIPSE's prior improves; lambda enters."""
-    config = tiny_config(cache, "eclipse", total_steps=120, **{"optim.lr": 3e-3, "optim.restart_steps": 120, "log_every": 40, "checkpoint_every": 120})
+    config = tiny_config(cache, "eclipse", total_steps=120, log_every=40, checkpoint_every=120,
+                         **{"optim.lr": 3e-3, "optim.restart_steps": 120})
     method = get_method("eclipse", config)
     batch = {k: jnp.asarray(v) for k, v in FeatureCache(cache).lookup(np.arange(16)).items()}
     params = method.init(jax.random.PRNGKey(0), config)

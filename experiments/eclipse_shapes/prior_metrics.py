@@ -55,8 +55,9 @@ def main(argv):
     first = next(iter(results))
     out = {}
     for name, r in results.items():
-        line = {"cosine": float(r["cosine"].mean()), "cosine_se": float(r["cosine"].std(ddof=1) / np.sqrt(len(r["cosine"]))),
-                "retrieval_top1_gallery100": r["top1"], "n": len(r["cosine"])}
+        cos = r["cosine"]
+        line = {"cosine": float(cos.mean()), "cosine_se": float(cos.std(ddof=1) / np.sqrt(len(cos))),
+                "retrieval_top1_gallery100": r["top1"], "n": len(cos)}
         if name != first:
             d = r["cosine"] - results[first]["cosine"]
             line.update(cosine_diff_vs_first=float(d.mean()), cosine_diff_se=float(d.std(ddof=1) / np.sqrt(len(d))))

@@ -43,6 +43,8 @@ from t2ijax.models.prior import PriorTransformer
 OBJECTIVES = ("eclipse", "diffusion")
 FEATURE_KEYS = ("text_token_states", "attention_mask", "text_embeds", "image_embeds")
 MAX_LOGIT_SCALE = 100.0
+# the paper's Diffusion-Baseline prior: linear schedule, 1,000 steps (the DDPM defaults)
+PRIOR_SCHEDULE = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
 
 
 def projection_loss(pred, target, reduction: str = "mean"):
@@ -99,7 +101,7 @@ class EclipseMethod(MethodHooks):
         if diffusion_prior and self.weight:
             raise ValueError("the diffusion baseline has no contrastive term: set model.contrastive_weight=0")
         projection_loss(jnp.zeros(1), jnp.zeros(1), self.reduction)  # validates the name before any compute
-        self.schedule = diffusion.DiscreteSchedule(**as_dict(field(m, "schedule", {})))
+        self.schedule = diffusion.DiscreteSchedule(**{**PRIOR_SCHEDULE, **as_dict(field(m, "schedule", {}))})
         self.sample_steps = int(config.sample.get("num_steps", 25))
         self.guidance_scale = float(config.sample.get("guidance_scale", 4.0))
         self.data = config.data
@@ -230,6 +232,7 @@ class EclipseMethod(MethodHooks):
 
 def predict_image_embeds(prior: PriorTransformer, params, text_embeds, text_token_states, attention_mask, *,
                          seeds=None, rng=None, num_steps: int = 25, guidance_scale: float = 4.0, schedule=None):
+    # schedule: a diffusion prior's DDPM schedule (default PRIOR_SCHEDULE; a prior folder does not store it)
     """(B, E) CLIP image embeddings from CLIP text features with a trained or loaded prior; the noise of example i
     from seeds[i] (or all from `rng`). ECLIPSE (no time embedding): one forward pass. A diffusion prior: DDPM
     sampling (DDIM with eta 1 on the strided chain, `num_steps`) with classifier-free guidance against the null
@@ -242,8 +245,8 @@ def predict_image_embeds(prior: PriorTransformer, params, text_embeds, text_toke
         return prior.apply({"params": params}, noise, text_embeds, text_token_states, attention_mask)
     cond = (text_embeds, text_token_states, attention_mask)
     null = (jnp.zeros_like(text_embeds), jnp.zeros_like(text_token_states), jnp.zeros_like(attention_mask))
-    sampler = diffusion.DDIM(schedule=schedule or diffusion.DiscreteSchedule(), prediction_type="sample", eta=1.0,
-                             timestep_spacing="leading")
+    sampler = diffusion.DDIM(schedule=schedule or diffusion.DiscreteSchedule(**PRIOR_SCHEDULE),
+                             prediction_type="sample", eta=1.0, timestep_spacing="leading")
     # the ancestral noise comes from one key for the batch
     key = rng if rng is not None else jax.random.PRNGKey(0 if seeds is None else int(np.sum(seeds)) % 2**31)
     x0 = diffusion.sample(_denoise_prior(prior), params, sampler, noise, cond, num_steps=int(num_steps), uncond=null,
