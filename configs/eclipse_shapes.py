@@ -3,9 +3,9 @@
 The frozen CLIP is configs/clip_shapes.py's (text width = projection = 64, so the prior's embedding_dim is 64 and
 its text length is the data's 80 tokens); the prior is the paper's architecture scaled down (4 heads x 16, 4 layers,
 ~0.2M params, the CLIP's own size); the recipe is the paper's (AdamW, lr with cosine warm restarts, lambda 0.2)
-at a higher lr for the short CPU run (1,000 steps at batch 128). The caches are built once by ``t2ijax prepare`` (the CLIP over the train / validation / test splits
-of the dense-caption Shapes data); the decoder that turns the predicted embeddings into images is
-configs/unclip_shapes.py.
+at a higher lr for the short CPU run (1,000 steps at batch 128). The caches are built once by ``t2ijax prepare``
+(the CLIP over the train / validation / test splits of the dense-caption Shapes data); the decoder that turns the
+predicted embeddings into images is configs/unclip_shapes.py.
 
 Arguments (after ``:``, comma separated):
   variant   "base" (default) or "tiny" (smoke run)
