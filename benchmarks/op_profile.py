@@ -1,5 +1,6 @@
 """Per-op profile of a benchmarked JAX program (issue #12): the 18M U-Net's training step and forward of
-benchmarks/unet_step.py (`--model unet`), or the ELLA TSC's fwd+bwd step of benchmarks/ella_tsc.py (`--model tsc`).
+benchmarks/unet_step.py (`--model unet`), the ELLA TSC's fwd+bwd step of benchmarks/ella_tsc.py (`--model tsc`), or
+the ECLIPSE prior's fwd+bwd of benchmarks/eclipse_prior.py (`--model prior`).
 
 Runs the compiled programs under `jax.profiler`, reads the XSpace trace back (`jax.profiler.ProfileData`),
 and charges every executed XLA op (thunk) to
@@ -12,6 +13,7 @@ time over (wall time x cores) while the calls ran untraced.
 
     python benchmarks/op_profile.py --model unet [--repeats 3]
     python benchmarks/op_profile.py --model tsc
+    python benchmarks/op_profile.py --model prior
 """
 
 from __future__ import annotations
@@ -156,7 +158,36 @@ def tsc_programs(batch: int = 8, tokens: int = 128):
     return {"step": (compiled, lambda: jax.block_until_ready(compiled(params)))}
 
 
-MODELS = {"unet": (unet_programs, UNET_ROLES), "tsc": (tsc_programs, TSC_ROLES)}
+PRIOR_ROLES = [("/attn1/", "self-attention (projections, softmax)"), ("/ff/", "feed-forward"),
+               ("norm", "layer norms"), ("encoder_hidden_states_proj", "input projections"),
+               ("embedding_proj", "input projections"), ("proj_in", "input projections"),
+               ("proj_to_clip", "output projection"), ("eclipse", "ECLIPSE loss")]
+
+
+def prior_programs(batch: int = 32, dim: int = 1280):
+    """{"step": (compiled, call)}: benchmarks/eclipse_prior.py's fwd+bwd of the ECLIPSE loss, real-size prior."""
+    import jax.numpy as jnp
+
+    from t2ijax.methods.eclipse import contrastive_loss, projection_loss
+    from t2ijax.models.prior import PriorTransformer
+
+    module = PriorTransformer.eclipse(dim)
+    rng = np.random.default_rng(0)
+    noise, text, image = (jnp.asarray(rng.standard_normal((batch, dim)), jnp.float32) for _ in range(3))
+    states = jnp.asarray(rng.standard_normal((batch, 77, dim)), jnp.float32)
+    mask = jnp.asarray(np.arange(77)[None] < rng.integers(5, 78, (batch, 1)), jnp.int32)
+    params = jax.jit(module.init)(jax.random.PRNGKey(0), noise, text, states, mask)["params"]
+
+    def loss(p):
+        pred = module.apply({"params": p}, noise, text, states, mask)
+        return projection_loss(pred, image) + 0.2 * contrastive_loss(pred, text, 100.0)[0]
+
+    compiled = jax.jit(jax.grad(loss)).lower(params).compile()
+    return {"step": (compiled, lambda: jax.block_until_ready(compiled(params)))}
+
+
+MODELS = {"unet": (unet_programs, UNET_ROLES), "tsc": (tsc_programs, TSC_ROLES),
+          "prior": (prior_programs, PRIOR_ROLES)}
 
 
 def main():

@@ -39,6 +39,7 @@ SUITE = {
     "compile_time": ["benchmarks/compile_time.py"],
     "unet_profile": ["benchmarks/op_profile.py", "--model", "unet"],
     "tsc_profile": ["benchmarks/op_profile.py", "--model", "tsc"],
+    "prior_profile": ["benchmarks/op_profile.py", "--model", "prior"],
     "sd15_scale": ["benchmarks/sd15_scale.py"],
 }
 

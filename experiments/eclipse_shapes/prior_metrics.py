@@ -1,6 +1,7 @@
 """Embedding-level metrics of trained priors on a held-out CLIP feature cache (no decoder involved).
 
     python experiments/eclipse_shapes/prior_metrics.py CACHE NAME=PRIOR_DIR [NAME=PRIOR_DIR ...] [--json=F]
+        [--guidance=4.0] [--steps=25]     (a diffusion prior's sampling; ECLIPSE priors ignore them)
 
 For each prior (an exported folder, `load_eclipse_prior`), from the same noise (seed = example id): the cosine
 similarity of the predicted image embedding to the true one, and image retrieval top-1 in galleries of 100: the
@@ -25,7 +26,7 @@ def unit(x):
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def evaluate(cache: FeatureCache, prior_dir: str, batch: int = 250) -> dict:
+def evaluate(cache: FeatureCache, prior_dir: str, batch: int = 250, guidance: float = 4.0, steps: int = 25) -> dict:
     module, params = load_eclipse_prior(prior_dir)
     ids = cache.example_ids
     preds, images = [], []
@@ -33,7 +34,8 @@ def evaluate(cache: FeatureCache, prior_dir: str, batch: int = 250) -> dict:
         b = cache.lookup(ids[i:i + batch])
         preds.append(np.asarray(predict_image_embeds(
             module, params, jnp.asarray(b["text_embeds"]), jnp.asarray(b["text_token_states"]),
-            jnp.asarray(b["attention_mask"]), seeds=[int(s) for s in ids[i:i + batch]])))
+            jnp.asarray(b["attention_mask"]), seeds=[int(s) for s in ids[i:i + batch]], guidance_scale=guidance,
+            num_steps=steps)))
         images.append(b["image_embeds"])
     pred, image = unit(np.concatenate(preds)), unit(np.concatenate(images))
     cos = np.sum(pred * image, -1)
@@ -51,7 +53,8 @@ def main(argv):
         sys.exit(__doc__)
     cache = FeatureCache(args[0])
     priors = dict(a.split("=", 1) for a in args[1:])
-    results = {name: evaluate(cache, path) for name, path in priors.items()}
+    sampling = dict(guidance=float(options.get("guidance", 4.0)), steps=int(options.get("steps", 25)))
+    results = {name: evaluate(cache, path, **sampling) for name, path in priors.items()}
     first = next(iter(results))
     out = {}
     for name, r in results.items():

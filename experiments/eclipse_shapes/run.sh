@@ -49,3 +49,19 @@ ${PYTHON:-python} $P $R/eval_eclipse_validation $R/eval_projection_validation $R
     $R/eval_lambda10_validation $R/eval_eclipse_validation --json=$R/paired_validation.json
 ${PYTHON:-python} $P $R/eval_eclipse_test $R/eval_projection_test $R/eval_eclipse_test $R/eval_diffusion_test \
     --json=$R/paired_test.json
+# 6. outside the paper's protocol: the Diffusion-Baseline's guidance tuned on validation (embedding cosine), then
+#    judged with the chosen scale (1) on validation and once on test
+for g in 1 2 4; do
+  ${PYTHON:-python} experiments/eclipse_shapes/prior_metrics.py $R/features/validation.array_record \
+      diffusion=$R/diffusion/export/prior --guidance=$g
+done
+${PYTHON:-python} experiments/eclipse_shapes/prior_metrics.py $R/features/validation.array_record \
+    diffusion=$R/diffusion/export/prior --guidance=4 --steps=100
+for split in validation:$N_VAL test:$N_TEST; do
+  [ -f $R/eval_diffusion_cfg1_${split%%:*}/report.json ] && continue
+  $T2I eval --config=configs/unclip_shapes.py:clip=$CLIP,prior=$R/diffusion/export/prior \
+      --config.model.prior_guidance_scale=1.0 --workdir=$R/decoder --benchmark=shapes --split=${split%%:*} \
+      --num_prompts=${split##*:} --images_per_prompt=4 --guidance_scale=$G --out=$R/eval_diffusion_cfg1_${split%%:*}
+done
+${PYTHON:-python} $P $R/eval_eclipse_validation $R/eval_diffusion_cfg1_validation $R/eval_eclipse_test \
+    $R/eval_diffusion_cfg1_test --json=$R/paired_cfg1.json

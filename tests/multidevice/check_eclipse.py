@@ -45,7 +45,7 @@ def run_steps(config, devices, n=3):
 def main(work):
     cache = write_feature_cache(os.path.join(work, "train.array_record"), n=64)
     ref, ref_params, _ = run_steps(config_for(cache, {}), jax.devices()[:1])
-    for mesh in ({"data": 8}, {"data": 2, "fsdp": 4}):
+    for mesh in ({"data": 2, "fsdp": 4},):  # both batch axes at once
         got, params, batch = run_steps(config_for(cache, mesh), jax.devices())
         assert len(batch["text_embeds"].sharding.device_set) == 8, batch["text_embeds"].sharding
         dc = max(abs(a["contrastive_loss"] - b["contrastive_loss"]) for a, b in zip(got, ref))
