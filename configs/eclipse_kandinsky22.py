@@ -21,7 +21,7 @@ Launch:
       --workdir=gs://bucket/runs/eclipse_kandinsky22
   t2ijax convert --workdir=/shared/runs/eclipse_kandinsky22 --out=/shared/export/eclipse_kandinsky22
       # -> prior/ in the released ECLIPSE_KandinskyV22_Prior layout
-  t2ijax train --config=configs/eclipse_kandinsky22.py:tiny --config.data.path=/tmp/features.array_record \\
+  t2ijax train --config=configs/eclipse_kandinsky22.py:tiny --config.data.path=runs/features/train.array_record \\
       --workdir=runs/eclipse_tiny
 """
 

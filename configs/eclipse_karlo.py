@@ -8,7 +8,7 @@ Launch:
   t2ijax train --config=configs/eclipse_karlo.py:prior=diffusion,features=/data/cc12m_vitl14.array_record \\
       --workdir=/shared/runs/karlo_diffusion_prior
   t2ijax convert --workdir=/shared/runs/eclipse_karlo --out=/shared/export/eclipse_karlo
-  t2ijax train --config=configs/eclipse_karlo.py:tiny --config.data.path=/tmp/features.array_record \\
+  t2ijax train --config=configs/eclipse_karlo.py:tiny --config.data.path=runs/features/train.array_record \\
       --workdir=runs/eclipse_karlo_tiny
 """
 
