@@ -70,6 +70,13 @@ def contrastive_loss(pred, text_embeds, logit_scale):
     return loss, jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32))
 
 
+def null_text(text_embeds, text_token_states, attention_mask, drop):
+    """The text condition with the examples where `drop` (B,) is true replaced by the null condition: zeros for the
+    pooled embedding, the token states and the mask (text dropout in training, the unconditional branch of CFG)."""
+    return (jnp.where(drop[:, None], 0.0, text_embeds), jnp.where(drop[:, None, None], 0.0, text_token_states),
+            jnp.where(drop[:, None], 0, attention_mask))
+
+
 def cosine(a, b):
     a, b = a.astype(jnp.float32), b.astype(jnp.float32)
     return jnp.sum(a * b, -1) / (jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1))
@@ -137,14 +144,6 @@ class EclipseMethod(MethodHooks):
             raise ValueError(f"ECLIPSE trains on cached CLIP features; the batch lacks {missing} (build the cache "
                              "with t2ijax.data.clip_features.build_clip_feature_cache, data.name='feature_cache')")
 
-    def _condition(self, batch, drop=None):
-        text, states, mask = batch["text_embeds"], batch["text_token_states"], batch["attention_mask"]
-        if drop is not None:  # the null condition: zeros everywhere
-            text = jnp.where(drop[:, None], 0.0, text)
-            states = jnp.where(drop[:, None, None], 0.0, states)
-            mask = jnp.where(drop[:, None], 0, mask)
-        return text, states, mask
-
     def apply_prior(self, prior_params, noise, text, states, mask, timestep=None):
         kwargs = {"timestep": timestep} if timestep is not None else {}
         return self.prior.apply({"params": prior_params}, noise, text, states, mask, **kwargs)
@@ -155,7 +154,9 @@ class EclipseMethod(MethodHooks):
         b = target.shape[0]
         drop_key, noise_key, t_key = jax.random.split(rng, 3)
         drop = jax.random.bernoulli(drop_key, self.text_dropout, (b,)) if self.text_dropout else None
-        text, states, mask = self._condition(batch, drop)
+        text, states, mask = batch["text_embeds"], batch["text_token_states"], batch["attention_mask"]
+        if drop is not None:
+            text, states, mask = null_text(text, states, mask, drop)
         if self.objective == "diffusion":
             x0 = (target - frozen["clip_mean"]) / frozen["clip_std"]
             noise = jax.random.normal(noise_key, x0.shape)
@@ -232,11 +233,11 @@ class EclipseMethod(MethodHooks):
 
 def predict_image_embeds(prior: PriorTransformer, params, text_embeds, text_token_states, attention_mask, *,
                          seeds=None, rng=None, num_steps: int = 25, guidance_scale: float = 4.0, schedule=None):
-    # schedule: a diffusion prior's DDPM schedule (default PRIOR_SCHEDULE; a prior folder does not store it)
     """(B, E) CLIP image embeddings from CLIP text features with a trained or loaded prior; the noise of example i
     from seeds[i] (or all from `rng`). ECLIPSE (no time embedding): one forward pass. A diffusion prior: DDPM
     sampling (DDIM with eta 1 on the strided chain, `num_steps`) with classifier-free guidance against the null
-    condition (zeros), un-normalised by the params' clip_mean / clip_std (diffusers' post_process_latents)."""
+    condition (zeros), un-normalised by the params' clip_mean / clip_std (diffusers' post_process_latents);
+    `schedule` is its DDPM schedule (default PRIOR_SCHEDULE: a prior folder does not store one)."""
     from t2ijax.train.sampling import initial_noise
 
     b = text_embeds.shape[0]
@@ -244,7 +245,7 @@ def predict_image_embeds(prior: PriorTransformer, params, text_embeds, text_toke
     if not prior.time_embedding:
         return prior.apply({"params": params}, noise, text_embeds, text_token_states, attention_mask)
     cond = (text_embeds, text_token_states, attention_mask)
-    null = (jnp.zeros_like(text_embeds), jnp.zeros_like(text_token_states), jnp.zeros_like(attention_mask))
+    null = null_text(text_embeds, text_token_states, attention_mask, jnp.ones((b,), bool))
     sampler = diffusion.DDIM(schedule=schedule or diffusion.DiscreteSchedule(**PRIOR_SCHEDULE),
                              prediction_type="sample", eta=1.0, timestep_spacing="leading")
     # the ancestral noise comes from one key for the batch
