@@ -25,6 +25,7 @@ LOGICAL_AXIS_RULES = {
     "norm": None,
     "relpos": None,
     "latents": None,
+    "expert": "expert",   # stacked expert U-Nets (t2ijax.models.experts): one expert group per mesh slice
 }
 
 

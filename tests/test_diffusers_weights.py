@@ -130,8 +130,8 @@ def test_pickled_weights_are_refused(tmp_path):
 
 
 def test_unsupported_config_values_are_named():
-    with pytest.raises(ValueError, match=r"class_embed_type='timestep'.*time_cond_proj_dim=8"):
-        UNet2DConditionModel.from_config({**UNET, "class_embed_type": "timestep", "time_cond_proj_dim": 8})
+    with pytest.raises(ValueError, match=r"addition_embed_type='text'.*time_cond_proj_dim=8"):
+        UNet2DConditionModel.from_config({**UNET, "addition_embed_type": "text", "time_cond_proj_dim": 8})
     with pytest.raises(ValueError, match="down_block_types"):
         UNet2DConditionModel.from_config({**UNET, "down_block_types": ["AttnDownBlock2D", "DownBlock2D"]})
     with pytest.raises(ValueError, match="does not know.*not_a_diffusers_key"):

@@ -200,7 +200,7 @@ def test_bad_inputs_are_rejected_before_compute():
     noise = jnp.zeros((1, 2))
     with pytest.raises(ValueError, match="model evaluations"):
         sample(_affine_expert, [{"c": 0.0}], Heun(schedule=SD), noise, {}, num_steps=3, expert_table=(0, 0, 0))
-    with pytest.raises(ValueError, match="list/tuple"):
+    with pytest.raises(ValueError, match="stacked on a leading expert axis"):
         sample(_affine_expert, {"c": 0.0}, Euler(schedule=SD), noise, {}, num_steps=2, expert_table=(0, 0))
     with pytest.raises(ValueError, match="PRNG"):
         sample(_affine_expert, {"c": 0.0}, DDIM(eta=1.0), noise, {}, num_steps=2)

@@ -88,7 +88,7 @@ def karras_sigmas(num_steps: int, sigma_min: float, sigma_max: float, rho: float
 class EDMSchedule:
     """Continuous sigma range of an EDM model; samplers given one use ``karras_sigmas``.
 
-    With an ``EDMSchedule`` the Euler / Heun samplers call the model with the raw x and
+    With an ``EDMSchedule`` the Euler, Heun and DPM-Solver++ samplers call the model with the raw x and
     ``sigma`` as its time argument (no input scaling), i.e. the EDM contract D(x; sigma).
     """
 

@@ -4,13 +4,15 @@
 index per model evaluation) splits the loop into contiguous segments; each segment is its
 own scan closing over that expert's parameters (and, optionally, its own denoise_fn), so
 there is no dynamic switch and each step costs exactly one expert evaluation (eDiff-I's
-sigma-interval experts, ERNIE-ViLG 2.0's MoDE). The sampler state (Heun's predictor,
+sigma-interval experts, ERNIE-ViLG 2.0's MoDE). The experts' parameters may be a list of
+pytrees or one stacked pytree (leading axis = expert, as `t2ijax.models.experts` trains them):
+a segment then slices its expert inside the compiled loop, by a static index. The sampler state (Heun's predictor,
 DPM-Solver's previous x0) flows across segment boundaries unchanged.
 
 Denoiser contract: ``denoise_fn(params, x, t, cond) -> model_output`` where ``x`` is the
 sampler's model input (already scaled by ``plan.input_scales``), ``t`` is a float32 (B,)
-array holding the discrete timestep (DDIM, DPM-Solver, Euler/Heun with a
-``DiscreteSchedule``) or sigma (Euler/Heun with an ``EDMSchedule``), ``cond`` is any
+array holding the discrete timestep (DDIM, and DPM-Solver, Euler, Heun with a
+``DiscreteSchedule``) or sigma (DPM-Solver, Euler, Heun with an ``EDMSchedule``), ``cond`` is any
 pytree with leading batch axis, and the output is a ``sampler.prediction_type``
 prediction shaped like ``x``.
 """
@@ -57,23 +59,37 @@ def _segments(table: tuple[int, ...]) -> list[tuple[int, int, int]]:
 
 
 def _as_experts(denoise_fn, params, expert_table, num_evals):
-    """Validate inputs; return (tuple of denoise fns, list of params, table)."""
+    """Validate inputs; return (tuple of denoise fns, params list or stacked pytree, number of experts,
+    table)."""
     if expert_table is None:
-        return (denoise_fn,), [params], (0,) * num_evals
+        return (denoise_fn,), [params], 1, (0,) * num_evals
     table = tuple(int(j) for j in expert_table)
     if len(table) != num_evals:
         raise ValueError(
             f"expert_table has {len(table)} entries but the sampler makes {num_evals} model evaluations "
             "(one entry per evaluation; Heun makes 2 * num_steps - 1)"
         )
-    if not isinstance(params, (list, tuple)):
-        raise ValueError("with an expert_table, params must be a list/tuple with one params pytree per expert")
-    if min(table) < 0 or max(table) >= len(params):
-        raise ValueError(f"expert_table indices must lie in [0, {len(params)}), got {sorted(set(table))}")
-    fns = tuple(denoise_fn) if isinstance(denoise_fn, (list, tuple)) else (denoise_fn,) * len(params)
-    if len(fns) != len(params):
-        raise ValueError(f"got {len(fns)} denoise functions for {len(params)} experts")
-    return fns, list(params), table
+    if isinstance(params, (list, tuple)):
+        num_experts = len(params)
+        params = list(params)
+    else:  # one stacked pytree: every leaf's leading axis is the expert
+        sizes = {int(x.shape[0]) if getattr(x, "ndim", 0) else None for x in jax.tree.leaves(params)}
+        if len(sizes) != 1 or None in sizes:
+            raise ValueError("with an expert_table, params must be a list of per-expert pytrees or one pytree "
+                             f"stacked on a leading expert axis; its leaves' leading sizes are {sorted(sizes, key=str)}")
+        num_experts = sizes.pop()
+    if min(table) < 0 or max(table) >= num_experts:
+        raise ValueError(f"expert_table indices must lie in [0, {num_experts}), got {sorted(set(table))}")
+    fns = tuple(denoise_fn) if isinstance(denoise_fn, (list, tuple)) else (denoise_fn,) * num_experts
+    if len(fns) != num_experts:
+        raise ValueError(f"got {len(fns)} denoise functions for {num_experts} experts")
+    return fns, params, num_experts, table
+
+
+def _expert_params(params, expert: int):
+    if isinstance(params, list):
+        return params[expert]
+    return jax.tree.map(lambda p: p[expert], params)
 
 
 def sample(
@@ -94,7 +110,8 @@ def sample(
 
     Args:
       denoise_fn: model ``fn(params, x, t, cond)`` (module docstring), or one per expert.
-      params: the model's params pytree; with ``expert_table``, a list of per-expert pytrees.
+      params: the model's params pytree; with ``expert_table``, a list of per-expert pytrees or one
+        pytree stacked on a leading expert axis.
       sampler: a ``DDIM`` / ``Euler`` / ``Heun`` / ``DPMSolverPlusPlus`` config.
       x_T: (B, ...) standard-normal noise; it is multiplied by ``plan.init_noise_sigma``.
       cond: conditioning pytree (leading axis B).
@@ -108,7 +125,7 @@ def sample(
     and expert_table are static (pass the same function object to reuse the compilation).
     """
     plan = cached_plan(sampler, num_steps)
-    fns, params_list, table = _as_experts(denoise_fn, params, expert_table, plan.num_evals)
+    fns, params_list, _, table = _as_experts(denoise_fn, params, expert_table, plan.num_evals)
     if plan.stochastic and key is None:
         raise ValueError("this sampler is stochastic (eta > 0): pass a PRNG `key`")
     return _sample_jit(fns, sampler, num_steps, table, guidance_rescale, params_list, x_T, cond, uncond, guidance_scale, key)
@@ -129,7 +146,7 @@ def _sample_jit(fns, sampler, num_steps, table, guidance_rescale, params_list, x
     x = x_T * jnp.asarray(plan.init_noise_sigma, x_T.dtype)
     state = plan.init_state(x)
     for expert, start, stop in _segments(table):
-        fn, params = fns[expert], params_list[expert]
+        fn, params = fns[expert], _expert_params(params_list, expert)
 
         def body(carry, i, fn=fn, params=params):
             x, state = carry

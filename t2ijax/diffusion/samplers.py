@@ -4,14 +4,24 @@
 t2ijax                        diffusers (0.42)
 ============================  ==========================================================
 ``DDIM``                      ``DDIMScheduler``
-``Euler``                     ``EulerDiscreteScheduler`` (deterministic: s_churn = 0)
-``Heun``                      ``HeunDiscreteScheduler`` (EDM Algorithm 1, 2nd order)
+``Euler``                     ``EulerDiscreteScheduler`` (deterministic: s_churn = 0);
+                              with an ``EDMSchedule``: ``EDMEulerScheduler``
+``Heun``                      ``HeunDiscreteScheduler`` (EDM Algorithm 1, 2nd order);
+                              with an ``EDMSchedule``: EDM Algorithm 1 itself (diffusers
+                              has no EDM Heun scheduler)
 ``DPMSolverPlusPlus``         ``DPMSolverMultistepScheduler`` (algorithm "dpmsolver++",
-                              solver_order 1 or 2, midpoint / heun, lower_order_final)
+                              solver_order 1 or 2, midpoint / heun, lower_order_final);
+                              with an ``EDMSchedule``: ``EDMDPMSolverMultistepScheduler``
+                              (sigma_schedule "karras", same options)
 ============================  ==========================================================
 
+``DDIM`` takes a ``DiscreteSchedule`` only; ``Euler``, ``Heun`` and ``DPMSolverPlusPlus``
+take a ``DiscreteSchedule`` or an ``EDMSchedule``.
+
 A sampler is a hashable config. ``sampler.timesteps(n)`` returns diffusers'
-``scheduler.timesteps`` after ``set_timesteps(n)``; ``sampler.plan(n)`` returns a
+``scheduler.timesteps`` after ``set_timesteps(n)`` (with an ``EDMSchedule``: the sigmas
+the model is called with, where diffusers' EDM schedulers hold c_noise = log(sigma) / 4);
+``sampler.plan(n)`` returns a
 ``SamplingPlan``: static host-side per-evaluation tables plus the pure update
 ``plan.step(state, model_output, i, x, noise=None) -> (state, x_next)``, where ``i`` is the
 model-evaluation index (it may be traced) and ``state`` is a pytree from
@@ -28,13 +38,18 @@ Model contract. Evaluation ``i`` calls the model on ``x * plan.input_scales[i]``
 * with a ``DiscreteSchedule`` the time is diffusers' discrete timestep (float) and the
   input is scaled as diffusers' ``scale_model_input`` does (1/sqrt(sigma^2+1) for Euler /
   Heun, 1 for DDIM / DPM-Solver); the output is a ``prediction_type`` prediction.
-* with an ``EDMSchedule`` (Euler / Heun only) the time is sigma, the input is the raw x,
-  and the output is D(x; sigma) ("sample") or epsilon.
+* with an ``EDMSchedule`` (Euler / Heun / DPM-Solver++) the time is sigma (float32 Karras
+  grid, ``plan.model_times == plan.eval_sigmas``), the input is the raw x (input scale 1,
+  ``init_noise_sigma`` = sigma_max), and the output is D(x; sigma) ("sample") or epsilon
+  (x0 = x - sigma * eps). diffusers' EDM schedulers instead precondition internally
+  (c_in x in, c_skip x + c_out F out, c_noise time) and start from sqrt(sigma_max^2 + 1)
+  noise; wrap a raw EDM network with ``edm.precondition`` to get D.
 
 Deliberate differences from diffusers, each a documented switch or omission:
 ``DDIM.clip_sample`` defaults to False (diffusers: True). Not provided: dynamic
 thresholding, ``rescale_betas_zero_snr``, Euler's s_churn, DPM-Solver's SDE variants,
-third order, ``lambda_min_clipped``, and the exponential / beta / Lu sigma grids.
+third order, ``lambda_min_clipped``, and the exponential / beta / Lu sigma grids
+(including the EDM schedulers' ``sigma_schedule="exponential"``).
 """
 
 from __future__ import annotations
@@ -200,8 +215,10 @@ class DDIM:
 class _SigmaSpaceSampler:
     """Shared sigma grid of ``Euler`` and ``Heun`` (diffusers or EDM family).
 
-    With an ``EDMSchedule`` the grid is ``karras_sigmas`` + [0] and ``timestep_spacing``,
-    ``steps_offset`` and ``use_karras_sigmas`` do not apply.
+    With an ``EDMSchedule`` the grid is ``karras_sigmas`` + [0] (Euler with
+    ``final_sigmas_type="sigma_min"``: + [sigmas[-1]], as ``EDMEulerScheduler``, which makes
+    the last step a no-op) and ``timestep_spacing``, ``steps_offset`` and
+    ``use_karras_sigmas`` do not apply.
     """
 
     schedule: DiscreteSchedule | EDMSchedule = DiscreteSchedule()
@@ -221,7 +238,9 @@ class _SigmaSpaceSampler:
                 raise ValueError("an EDMSchedule sampler takes 'sample' (D(x; sigma)) or 'epsilon' outputs")
             s = self.schedule
             sigmas = karras_sigmas(num_steps, s.sigma_min, s.sigma_max, s.rho).astype(np.float32)
-            return sigmas.copy(), np.concatenate([sigmas, [0.0]]).astype(np.float32)
+            # EDMEulerScheduler's "sigma_min" final sigma repeats the grid's last value.
+            last = sigmas[-1] if self._final_sigma() != 0.0 else 0.0
+            return sigmas.copy(), np.concatenate([sigmas, [last]]).astype(np.float32)
         _check_steps_fit(num_steps, self.schedule)
         train = self.schedule.num_train_timesteps
         timesteps = _sigma_space_timesteps(num_steps, train, self.timestep_spacing, self.steps_offset)
@@ -250,14 +269,21 @@ class _SigmaSpaceSampler:
 
 @dataclasses.dataclass(frozen=True)
 class Euler(_SigmaSpaceSampler):
-    """``EulerDiscreteScheduler`` (deterministic). ``final_sigmas_type``: "zero" or "sigma_min"."""
+    """``EulerDiscreteScheduler`` / ``EDMEulerScheduler`` (deterministic).
+
+    ``final_sigmas_type``: "zero" or "sigma_min".
+    """
 
     final_sigmas_type: str = "zero"
 
     def _final_sigma(self) -> float:
         if self.final_sigmas_type not in ("zero", "sigma_min"):
             raise ValueError(f"final_sigmas_type must be 'zero' or 'sigma_min', got {self.final_sigmas_type!r}")
-        return 0.0 if self.final_sigmas_type == "zero" else float(self.schedule.sigmas[0])
+        if self.final_sigmas_type == "zero":
+            return 0.0
+        if isinstance(self.schedule, EDMSchedule):
+            return float(self.schedule.sigma_min)
+        return float(self.schedule.sigmas[0])
 
     def timesteps(self, num_steps: int) -> np.ndarray:
         return self._grid(num_steps)[0]
@@ -335,11 +361,20 @@ class DPMSolverPlusPlus:
 
     ``solver_order`` 2 with ``solver_type="midpoint"`` is DPM-Solver++(2M). Steps use first
     order at the start and, with the diffusers rules (``lower_order_final`` and fewer than 15
-    steps, ``euler_at_final``, or ``final_sigmas_type="zero"``), at the end. The model gets
-    the unscaled sample and the integer timestep.
+    steps, ``euler_at_final``, or ``final_sigmas_type="zero"``), at the end.
+
+    * ``DiscreteSchedule``: the model gets the unscaled sample and the integer timestep.
+    * ``EDMSchedule``: ``EDMDPMSolverMultistepScheduler`` (``sigma_schedule="karras"``). The
+      grid is ``karras_sigmas`` + [0] (or + [sigma_min] with ``final_sigmas_type="sigma_min"``),
+      the solver works in the VE parameterisation x = x0 + sigma * eps (alpha = 1,
+      lambda = -log sigma), and the model gets the raw x and sigma as its time: D(x; sigma)
+      for ``prediction_type="sample"``, eps (x0 = x - sigma * eps) for "epsilon".
+      ``timestep_spacing``, ``steps_offset`` and ``use_karras_sigmas`` do not apply;
+      ``timesteps(n)`` returns the sigmas the model is called with (diffusers' own
+      ``timesteps`` are c_noise = log(sigma) / 4, which its pipelines pass to the network).
     """
 
-    schedule: DiscreteSchedule = DiscreteSchedule()
+    schedule: DiscreteSchedule | EDMSchedule = DiscreteSchedule()
     prediction_type: str = "epsilon"
     solver_order: int = 2
     solver_type: str = "midpoint"
@@ -352,13 +387,15 @@ class DPMSolverPlusPlus:
 
     def _grid(self, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
         _check_common(num_steps, self.timestep_spacing, self.prediction_type)
-        _check_steps_fit(num_steps, self.schedule)
         if self.solver_order not in (1, 2):
             raise ValueError(f"solver_order must be 1 or 2, got {self.solver_order}")
         if self.solver_type not in ("midpoint", "heun"):
             raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {self.solver_type!r}")
         if self.final_sigmas_type not in ("zero", "sigma_min"):
             raise ValueError(f"final_sigmas_type must be 'zero' or 'sigma_min', got {self.final_sigmas_type!r}")
+        if isinstance(self.schedule, EDMSchedule):
+            return self._edm_grid(num_steps)
+        _check_steps_fit(num_steps, self.schedule)
         train = self.schedule.num_train_timesteps
         if self.timestep_spacing == "linspace":
             timesteps = np.linspace(0, train - 1, num_steps + 1).round()[::-1][:-1].astype(np.int64)
@@ -380,6 +417,15 @@ class DPMSolverPlusPlus:
         last = 0.0 if self.final_sigmas_type == "zero" else table[0]
         return timesteps, np.concatenate([sigmas, [last]]).astype(np.float32)
 
+    def _edm_grid(self, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
+        """(model times = sigmas (n,), sigmas (n+1,)) float32, as ``EDMDPMSolverMultistepScheduler``."""
+        if self.prediction_type == "v_prediction":
+            raise ValueError("an EDMSchedule sampler takes 'sample' (D(x; sigma)) or 'epsilon' outputs")
+        s = self.schedule
+        sigmas = karras_sigmas(num_steps, s.sigma_min, s.sigma_max, s.rho).astype(np.float32)
+        last = 0.0 if self.final_sigmas_type == "zero" else s.sigma_min
+        return sigmas.copy(), np.concatenate([sigmas, [last]]).astype(np.float32)
+
     def timesteps(self, num_steps: int) -> np.ndarray:
         return self._grid(num_steps)[0]
 
@@ -389,10 +435,16 @@ class DPMSolverPlusPlus:
 
     def plan(self, num_steps: int) -> SamplingPlan:
         timesteps, sigmas32 = self._grid(num_steps)
+        edm = isinstance(self.schedule, EDMSchedule)
         n = len(timesteps)
         sig = sigmas32.astype(np.float64)
-        alpha = 1 / np.sqrt(sig**2 + 1)  # VP alpha_t of each grid point
-        vp_sigma = sig * alpha
+        if edm:
+            # VE / EDM parameterisation (diffusers' EDM ``_sigma_to_alpha_sigma_t``): alpha_t = 1.
+            alpha = np.ones_like(sig)
+            vp_sigma = sig
+        else:
+            alpha = 1 / np.sqrt(sig**2 + 1)  # VP alpha_t of each grid point
+            vp_sigma = sig * alpha
         s0, st = sig[:-1], sig[1:]
         exp_neg_h = st / s0  # exp(-(lambda_t - lambda_s0)), with lambda = -log(VE sigma)
         x_coef = vp_sigma[1:] / vp_sigma[:-1]
@@ -410,11 +462,17 @@ class DPMSolverPlusPlus:
             else:
                 d1 = alpha[1:] * ((exp_neg_h - 1.0) / h + 1.0)
             diff_coef[second] = (d1 / r0)[second]
+        if edm:
+            # final_sigmas_type="sigma_min" repeats sigma_min: the last step has h = 0 and is the
+            # identity (its limit). With solver_type "heun" and a 2nd-order last step (15+ steps)
+            # d1 is 0/0 there, and diffusers' EDM scheduler returns NaN (its float32 log sigmas of
+            # the two nearly equal last sigmas coincide).
+            diff_coef[h == 0] = 0.0
         return SamplingPlan(
             model_times=timesteps.astype(np.float32),
             input_scales=np.ones(n, np.float32),
             eval_sigmas=s0,
-            init_noise_sigma=1.0,
+            init_noise_sigma=float(sigmas32[0]) if edm else 1.0,
             stochastic=False,
             coefs={
                 "alpha": alpha[:-1],
@@ -428,6 +486,7 @@ class DPMSolverPlusPlus:
         )
 
     def _step(self, c, state, out, i, x, noise):
+        # With an EDMSchedule alpha = 1, so this is x0 = out ("sample") or x - sigma * out.
         x0 = convert_prediction(out, x, c["alpha"], c["sigma"], self.prediction_type, "sample")
         x_next = c["x"] * x + c["x0"] * x0 + c["diff"] * (x0 - state["prev_x0"])
         return {"prev_x0": x0}, x_next

@@ -54,7 +54,7 @@ class EDMTraining:
 
 
 def denoising_loss(denoise: Callable, x0, t_key, noise_key, schedule, prediction_type: str = "epsilon", *,
-                   min_snr_gamma: float | None = None, weight_map=None):
+                   min_snr_gamma: float | None = None, weight_map=None, levels=None):
     """Noise `x0`, denoise, and return the weighted MSE to the target (`diffusion.diffusion_loss`).
 
     DDPM (`schedule` a `diffusion.DiscreteSchedule`): t ~ U{0..T-1} from `t_key`, ``denoise(x_t, t)``
@@ -65,6 +65,8 @@ def denoising_loss(denoise: Callable, x0, t_key, noise_key, schedule, prediction
     (`diffusion.edm_precondition`), target x0, weight lambda(sigma).
     `weight_map` (broadcastable to x0, e.g. (B, H, W, 1)) weighs each pixel's squared error (region
     weights); the per-example loss is the mean of the weighted squared error.
+    `levels` (B,) gives the noise levels (int timesteps, or EDM sigmas) instead of drawing them from
+    `t_key` (e.g. an expert's own interval, `t2ijax.diffusion.experts`).
     """
     b = x0.shape[0]
     noise = jax.random.normal(noise_key, x0.shape)
@@ -73,12 +75,14 @@ def denoising_loss(denoise: Callable, x0, t_key, noise_key, schedule, prediction
             raise ValueError(f"prediction_type 'edm' needs an EDMTraining schedule, got {type(schedule).__name__}")
         if min_snr_gamma:
             raise ValueError("min-SNR weighting applies to DDPM targets; EDM has its own weight lambda(sigma)")
-        sigma = diffusion.edm_sample_training_sigmas(t_key, (b,), schedule.p_mean, schedule.p_std)
+        sigma = (diffusion.edm_sample_training_sigmas(t_key, (b,), schedule.p_mean, schedule.p_std)
+                 if levels is None else jnp.asarray(levels, jnp.float32))
         x_t = x0 + sigma.reshape((b,) + (1,) * (x0.ndim - 1)) * noise
         pred = denoise(x_t, sigma)
         return diffusion.diffusion_loss(pred, x0, diffusion.edm_loss_weight(sigma, schedule.sigma_data),
                                         pixel_weights=weight_map)
-    t = jax.random.randint(t_key, (b,), 0, schedule.num_train_timesteps)
+    t = (jax.random.randint(t_key, (b,), 0, schedule.num_train_timesteps) if levels is None
+         else jnp.asarray(levels, jnp.int32))
     x_t = diffusion.add_noise(schedule, x0, noise, t)
     alpha, sigma = diffusion.alpha_sigma(schedule, t)
     target = diffusion.training_target(prediction_type, x0, noise, alpha, sigma)
@@ -162,17 +166,23 @@ class DiffusionMethod(MethodHooks):
                               min_snr_gamma=self.min_snr_gamma, weight_map=weight_map)
 
     def sample_images(self, denoise, params, cond, uncond, shape, *, seeds=None, rng=None, num_steps=None,
-                      guidance_scale=None, decode=None) -> np.ndarray:
+                      guidance_scale=None, decode=None, sampler=None, expert_table=None) -> np.ndarray:
         """uint8 images: deterministic DDIM (trailing spacing) with classifier-free guidance of `cond` against
         `uncond`, from the initial noise of `seeds` (one per image) or `rng` (`initial_noise`), `shape` the
         per-image (H, W, C) the denoiser works in; `decode` maps its x0 to pixels (e.g. a VAE decoder).
-        Steps and guidance default to config.sample (`sampling.sampling_settings`)."""
+        Steps and guidance default to config.sample (`sampling.sampling_settings`). `sampler` replaces the DDIM;
+        `expert_table(plan)` gives the per-evaluation expert table when `params` are experts."""
         settings = sampling_settings(self, num_steps, guidance_scale)
-        sampler = diffusion.DDIM(schedule=self.schedule, prediction_type=self.prediction_type,
-                                 timestep_spacing="trailing", clip_sample=self.clip_sample)
+        if sampler is None:
+            sampler = diffusion.DDIM(schedule=self.schedule, prediction_type=self.prediction_type,
+                                     timestep_spacing="trailing", clip_sample=self.clip_sample)
+        steps = int(settings["num_steps"])
+        table = None
+        if expert_table is not None:
+            table = expert_table(diffusion.samplers.cached_plan(sampler, steps))
         x_T = initial_noise(jax.tree.leaves(cond)[0].shape[0], shape, seeds=seeds, rng=rng)
-        x0 = diffusion.sample(denoise, params, sampler, x_T, cond, num_steps=int(settings["num_steps"]),
-                              uncond=uncond, guidance_scale=float(settings["guidance_scale"]))
+        x0 = diffusion.sample(denoise, params, sampler, x_T, cond, num_steps=steps, uncond=uncond,
+                              guidance_scale=float(settings["guidance_scale"]), expert_table=table)
         return to_uint8(x0 if decode is None else decode(x0))
 
 
@@ -253,7 +263,11 @@ def frozen_unet(path: str | None, config, dtype) -> FrozenModel | None:
 
     def example_inputs():
         sample, t, context, added = unet.example_inputs(context_length=8)
-        return (sample, t, context), ({"added_cond_kwargs": added} if added is not None else {})
+        kwargs = {"added_cond_kwargs": added} if added is not None else {}
+        class_labels = unet.example_class_labels()
+        if class_labels is not None:  # a U-Net with a class embedding needs class_labels to initialise
+            kwargs["class_labels"] = class_labels
+        return (sample, t, context), kwargs
 
     return FrozenModel("unet", unet, path, lambda p, shardings=None: load_unet(p, shardings=shardings)[1],
                        example_inputs)

@@ -40,6 +40,23 @@ class Txt2ImgMethod(DiffusionMethod):
 
         super().__init__(config)
         m = config.model
+        unet_cfg = m.unet.to_dict()
+        self.text_encoder = None
+        if self.owns_text_encoder(config):
+            self.text_encoder = self._build_text_encoder(m, CLIPTextConfig, CLIPTextModel)
+            width = self.text_encoder.config.hidden_size
+            if unet_cfg.get("cross_attention_dim") != width:
+                raise ValueError(f"model.unet.cross_attention_dim={unet_cfg.get('cross_attention_dim')} must "
+                                 f"equal model.text.hidden_size={width}")
+        self._check_channels(unet_cfg)
+        self.unet = UNet2DConditionModel.from_config(unet_cfg, dtype=self.dtype)
+
+    def owns_text_encoder(self, config) -> bool:
+        """Whether the method trains its own text encoder from config.model.text (subclasses with other
+        conditioning may not)."""
+        return True
+
+    def _build_text_encoder(self, m, CLIPTextConfig, CLIPTextModel):
         text_fields = {f.name for f in dataclasses.fields(CLIPTextConfig)}
         text = {k: v for k, v in m.text.items()}
         unknown = sorted(set(text) - text_fields)
@@ -53,14 +70,11 @@ class Txt2ImgMethod(DiffusionMethod):
                              f"data.max_length={self.max_length}")
         if "eos_token_id" not in m.text and self.tokenizer.eos_token_id is not None:
             text["eos_token_id"] = int(self.tokenizer.eos_token_id)
-        self.text_encoder = CLIPTextModel(CLIPTextConfig(**text), dtype=self.dtype)
-        unet_cfg = m.unet.to_dict()
-        if unet_cfg.get("cross_attention_dim") != text["hidden_size"]:
-            raise ValueError(f"model.unet.cross_attention_dim={unet_cfg.get('cross_attention_dim')} must equal "
-                             f"model.text.hidden_size={text['hidden_size']}")
+        return CLIPTextModel(CLIPTextConfig(**text), dtype=self.dtype)
+
+    def _check_channels(self, unet_cfg) -> None:
         if unet_cfg.get("in_channels") != 3 or unet_cfg.get("out_channels") != 3:
             raise ValueError("txt2img works in pixel space: model.unet.in_channels and out_channels must be 3")
-        self.unet = UNet2DConditionModel.from_config(unet_cfg, dtype=self.dtype)
 
     # ---------------------------------------------------------------- training
 

@@ -15,6 +15,19 @@ as diffusers does. As in diffusers, `resnet_skip_time_act` and `resnet_out_scale
 blocks only, `mid_block_only_cross_attention` to UNetMidBlock2DSimpleCrossAttn only (unset, it follows a
 boolean `only_cross_attention`), and `addition_embed_type_num_heads` (addition_embed_type="text" only)
 has no effect.
+
+Class conditioning (diffusers' `class_embedding`, passed as `class_labels=` to the forward):
+  num_class_embeds=N (class_embed_type unset)  nn.Embedding(N, time_embed_dim); labels (B,) ints
+  class_embed_type="timestep"                  labels (B,) (ints or floats, e.g. noise levels) through the
+                                               timesteps' sinusoidal projection, then a TimestepEmbedding
+  class_embed_type="identity"                  labels (B, time_embed_dim) used as they are
+  class_embed_type="projection"                TimestepEmbedding from projection_class_embeddings_input_dim;
+                                               labels (B, projection_class_embeddings_input_dim)
+  class_embed_type="simple_projection"         one Linear from projection_class_embeddings_input_dim
+The class embedding is added to the time embedding, or with `class_embeddings_concat` concatenated to it
+(the resnets then take 2 x time_embed_dim), before `time_embedding_act_fn`, as in diffusers.
+Not supported: the other addition_embed_types ("text", "text_image", "text_time", "image_hint"),
+time_cond_proj_dim, GLIGEN, dual cross-attention, and the "fourier" time embedding.
 """
 
 from __future__ import annotations
@@ -27,7 +40,7 @@ import jax.numpy as jnp
 from t2ijax.models import simple_attn_blocks, unet_blocks
 from t2ijax.models.diffusers_config import (FrozenConfig, check_supported, freeze_config, merge_with_defaults,
                                             per_block, thaw_config)
-from t2ijax.models.layers import Dense, GroupNorm, LayerNorm, activation, timestep_embedding
+from t2ijax.models.layers import Dense, Embed, GroupNorm, LayerNorm, activation, timestep_embedding
 from t2ijax.models.resnet import conv2d
 
 Dtype = Any
@@ -87,14 +100,15 @@ _SUPPORTED = {
     "cross_attention_dim": lambda v: isinstance(v, int) or len(set(v)) == 1,
     "encoder_hid_dim_type": (None, "text_proj", "image_proj"),
     "dual_cross_attention": (False,),
-    "class_embed_type": (None,),
-    "num_class_embeds": (None,),
+    "class_embed_type": (None, "timestep", "identity", "projection", "simple_projection"),
+    "num_class_embeds": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v > 0),
+    "projection_class_embeddings_input_dim": lambda v: v is None or (isinstance(v, int) and v > 0),
     "addition_embed_type": (None, "image"),
     "resnet_time_scale_shift": ("default", "scale_shift"),
     "time_embedding_type": ("positional",),
     "time_cond_proj_dim": (None,),
     "attention_type": ("default",),
-    "class_embeddings_concat": (False,),
+    "class_embeddings_concat": lambda v: isinstance(v, bool),
     "cross_attention_norm": (None,),
     "act_fn": _is_activation,
     "time_embedding_act_fn": _optional_activation,
@@ -105,15 +119,17 @@ _SUPPORTED = {
 
 
 class TimestepEmbedding(nn.Module):
-    """linear_1 -> act -> linear_2 (-> post_act)."""
+    """linear_1 -> act -> linear_2 (-> post_act). `in_axis`: logical axis of the input features."""
     features: int
     act_fn: str = "silu"
     post_act_fn: str | None = None
     dtype: Dtype = jnp.float32
+    in_axis: str | None = "embed"
 
     @nn.compact
     def __call__(self, x):
-        x = activation(self.act_fn)(Dense(self.features, ("embed", "mlp"), dtype=self.dtype, name="linear_1")(x))
+        x = activation(self.act_fn)(Dense(self.features, (self.in_axis, "mlp"), dtype=self.dtype,
+                                          name="linear_1")(x))
         x = Dense(self.features, ("mlp", "embed"), dtype=self.dtype, name="linear_2")(x)
         return activation(self.post_act_fn)(x) if self.post_act_fn else x
 
@@ -185,6 +201,10 @@ class UNet2DConditionModel(nn.Module):
     encoder_hid_dim_type: str | None = None
     encoder_hid_dim: int | None = None
     addition_embed_type: str | None = None
+    class_embed_type: str | None = None
+    num_class_embeds: int | None = None
+    projection_class_embeddings_input_dim: int | None = None
+    class_embeddings_concat: bool = False
     dtype: Dtype = jnp.float32
     remat: bool = False
     config: FrozenConfig = ()
@@ -210,6 +230,18 @@ class UNet2DConditionModel(nn.Module):
             raise ValueError(f"encoder_hid_dim_type={c['encoder_hid_dim_type']!r} needs encoder_hid_dim")
         if c["addition_embed_type"] == "image" and c["encoder_hid_dim"] is None:
             raise ValueError("addition_embed_type='image' needs encoder_hid_dim (the image embedding width)")
+        if c["class_embed_type"] in ("projection", "simple_projection") and \
+                c["projection_class_embeddings_input_dim"] is None:
+            raise ValueError(f"`class_embed_type`: {c['class_embed_type']!r} requires "
+                             "`projection_class_embeddings_input_dim` be set")
+        has_class = c["class_embed_type"] is not None or c["num_class_embeds"] is not None
+        if c["class_embeddings_concat"] and not has_class:
+            raise ValueError("class_embeddings_concat=True needs a class embedding (class_embed_type or "
+                             "num_class_embeds): without one the resnets' 2 x time_embed_dim input never comes")
+        if c["class_embeddings_concat"] and c["addition_embed_type"] is not None:
+            raise ValueError("class_embeddings_concat=True with addition_embed_type="
+                             f"{c['addition_embed_type']!r}: the added embedding (time_embed_dim wide) cannot be "
+                             "added to the concatenated 2 x time_embed_dim one (diffusers fails there too)")
         cross = c["cross_attention_dim"]
         mid_only_cross = c["mid_block_only_cross_attention"]
         if mid_only_cross is None:  # diffusers: a boolean only_cross_attention also sets the mid block's
@@ -235,7 +267,10 @@ class UNet2DConditionModel(nn.Module):
             time_embedding_act_fn=c["time_embedding_act_fn"], timestep_post_act=c["timestep_post_act"],
             conv_in_kernel=c["conv_in_kernel"], conv_out_kernel=c["conv_out_kernel"],
             encoder_hid_dim_type=c["encoder_hid_dim_type"], encoder_hid_dim=c["encoder_hid_dim"],
-            addition_embed_type=c["addition_embed_type"], dtype=dtype, remat=remat,
+            addition_embed_type=c["addition_embed_type"], class_embed_type=c["class_embed_type"],
+            num_class_embeds=c["num_class_embeds"],
+            projection_class_embeddings_input_dim=c["projection_class_embeddings_input_dim"],
+            class_embeddings_concat=c["class_embeddings_concat"], dtype=dtype, remat=remat,
             config=freeze_config(cfg))
 
     def to_config(self) -> dict[str, Any]:
@@ -262,6 +297,9 @@ class UNet2DConditionModel(nn.Module):
             "timestep_post_act": self.timestep_post_act, "conv_in_kernel": self.conv_in_kernel,
             "conv_out_kernel": self.conv_out_kernel, "encoder_hid_dim_type": self.encoder_hid_dim_type,
             "encoder_hid_dim": self.encoder_hid_dim, "addition_embed_type": self.addition_embed_type,
+            "class_embed_type": self.class_embed_type, "num_class_embeds": self.num_class_embeds,
+            "projection_class_embeddings_input_dim": self.projection_class_embeddings_input_dim,
+            "class_embeddings_concat": self.class_embeddings_concat,
         }
 
     def example_inputs(self, batch: int = 1, size: int | None = None, context_length: int = 77):
@@ -274,6 +312,36 @@ class UNet2DConditionModel(nn.Module):
         if self._needs_image_embeds:
             added = {"image_embeds": jnp.zeros((batch, self.encoder_hid_dim), jnp.float32)}
         return sample, jnp.zeros((batch,), jnp.int32), context, added
+
+    def example_class_labels(self, batch: int = 1):
+        """Zero `class_labels` of the shape and dtype the forward takes, or None without a class embedding."""
+        kind = self._class_embedding_kind
+        if kind is None:
+            return None
+        if kind in ("embedding", "timestep"):
+            return jnp.zeros((batch,), jnp.int32)
+        return jnp.zeros((batch, self._class_labels_width), jnp.float32)
+
+    @property
+    def _class_embedding_kind(self) -> str | None:
+        """"embedding" (num_class_embeds), a class_embed_type, or None; as diffusers' `_set_class_embedding`."""
+        if self.class_embed_type is None:
+            return "embedding" if self.num_class_embeds is not None else None
+        return self.class_embed_type
+
+    @property
+    def _time_embed_dim(self) -> int:
+        return self.time_embedding_dim or 4 * self.block_out_channels[0]
+
+    @property
+    def _class_labels_width(self) -> int | None:
+        """The feature width of vector class labels ((B, D) kinds), None for (B,) labels."""
+        kind = self._class_embedding_kind
+        if kind in ("projection", "simple_projection"):
+            return self.projection_class_embeddings_input_dim
+        if kind == "identity":
+            return self._time_embed_dim
+        return None
 
     @property
     def _needs_image_embeds(self) -> bool:
@@ -290,12 +358,33 @@ class UNet2DConditionModel(nn.Module):
                         output_scale_factor=self.resnet_out_scale_factor)
         return dict(heads=heads)
 
-    def _check_inputs(self, sample, timesteps, context, added_cond_kwargs):
+    def _check_class_labels(self, class_labels, b: int):
+        kind = self._class_embedding_kind
+        if kind is None:
+            if class_labels is not None:
+                raise ValueError("class_labels were given but this U-Net has no class embedding "
+                                 "(class_embed_type=None, num_class_embeds=None)")
+            return
+        desc = (f"num_class_embeds={self.num_class_embeds}" if kind == "embedding"
+                else f"class_embed_type={kind!r}")
+        width = self._class_labels_width
+        want = f"({b},)" if width is None else f"({b}, {width})"
+        if class_labels is None:
+            raise ValueError(f"class_labels should be provided when the U-Net has a class embedding ({desc}): "
+                             f"pass class_labels= of shape {want}")
+        shape = tuple(class_labels.shape)
+        if shape != ((b,) if width is None else (b, width)):
+            raise ValueError(f"class_labels must have shape {want} for {desc}, got shape {shape}")
+        if kind == "embedding" and not jnp.issubdtype(class_labels.dtype, jnp.integer):
+            raise ValueError(f"class_labels must be integer class ids for {desc}, got dtype {class_labels.dtype}")
+
+    def _check_inputs(self, sample, timesteps, context, added_cond_kwargs, class_labels=None):
         if sample.ndim != 4 or sample.shape[-1] != self.in_channels:
             raise ValueError(f"sample must be NHWC with {self.in_channels} channels, got shape {sample.shape}")
         b = sample.shape[0]
         if timesteps.ndim > 1 or (timesteps.ndim == 1 and timesteps.shape[0] not in (1, b)):
             raise ValueError(f"timesteps must be a scalar or shape ({b},), got shape {timesteps.shape}")
+        self._check_class_labels(class_labels, b)
         if self._needs_image_embeds:
             if not added_cond_kwargs or "image_embeds" not in added_cond_kwargs:
                 raise ValueError(f"this U-Net (addition_embed_type={self.addition_embed_type!r}, encoder_hid_dim_type="
@@ -311,18 +400,44 @@ class UNet2DConditionModel(nn.Module):
             got = None if context is None else context.shape
             raise ValueError(f"encoder_hidden_states must have shape ({b}, L, {want}), got {got}")
 
+    def _class_embed(self, class_labels, time_dim: int):
+        """diffusers' `get_class_embed` (called inside the compact `__call__`): (B, time_dim) in `dtype`, or None."""
+        kind, dt = self._class_embedding_kind, self.dtype
+        if kind is None:
+            return None
+        if kind == "embedding":
+            return Embed(self.num_class_embeds, time_dim, ("vocab", "embed"), dtype=dt,
+                         name="class_embedding")(class_labels).astype(dt)
+        if kind == "timestep":  # the timesteps' own projection (float32), cast to the compute dtype
+            proj = timestep_embedding(class_labels, self.block_out_channels[0], flip_sin_to_cos=self.flip_sin_to_cos,
+                                      downscale_freq_shift=self.freq_shift).astype(dt)
+            return TimestepEmbedding(time_dim, self.act_fn, dtype=dt, name="class_embedding")(proj).astype(dt)
+        x = class_labels.astype(dt)
+        if kind == "identity":
+            return x
+        if kind == "projection":  # diffusers builds this TimestepEmbedding with its default act_fn ("silu")
+            return TimestepEmbedding(time_dim, "silu", dtype=dt, in_axis=None, name="class_embedding")(x).astype(dt)
+        if kind == "simple_projection":
+            return Dense(time_dim, (None, "embed"), dtype=dt, name="class_embedding")(x).astype(dt)
+        raise ValueError(f"unsupported class_embed_type {kind!r}")
+
     @nn.compact
     def __call__(self, sample, timesteps, encoder_hidden_states, added_cond_kwargs=None,
-                 attention_bias_fn: Callable[[int, int], Any] | None = None):
+                 attention_bias_fn: Callable[[int, int], Any] | None = None, *, class_labels=None):
         """Noise (or v) prediction, NHWC like `sample`.
 
         sample: (B, H, W, in_channels); timesteps: scalar or (B,); encoder_hidden_states: (B, L, D).
         added_cond_kwargs: {"image_embeds": (B, encoder_hid_dim)} for image-conditioned configs.
         attention_bias_fn(query_length, key_length): additive logit bias for every cross-attention,
         broadcastable to (B, heads, Lq, Lk), or None.
+        class_labels: required exactly when the config has a class embedding (see the module docstring):
+        (B,) integer ids (num_class_embeds), (B,) timestep-like values (class_embed_type="timestep"), or
+        (B, D) vectors ("projection" / "simple_projection": D = projection_class_embeddings_input_dim;
+        "identity": D = time_embed_dim). `example_class_labels` gives zeros of the right shape.
         """
         timesteps = jnp.asarray(timesteps)
-        self._check_inputs(sample, timesteps, encoder_hidden_states, added_cond_kwargs)
+        class_labels = None if class_labels is None else jnp.asarray(class_labels)
+        self._check_inputs(sample, timesteps, encoder_hidden_states, added_cond_kwargs, class_labels)
         b = sample.shape[0]
         dt = self.dtype
         n = len(self.block_out_channels)
@@ -333,8 +448,11 @@ class UNet2DConditionModel(nn.Module):
         t_emb = timestep_embedding(jnp.broadcast_to(timesteps.reshape(-1), (b,)), self.block_out_channels[0],
                                    flip_sin_to_cos=self.flip_sin_to_cos,
                                    downscale_freq_shift=self.freq_shift).astype(dt)
-        time_dim = self.time_embedding_dim or 4 * self.block_out_channels[0]
+        time_dim = self._time_embed_dim
         emb = TimestepEmbedding(time_dim, self.act_fn, self.timestep_post_act, dtype=dt, name="time_embedding")(t_emb)
+        class_emb = self._class_embed(class_labels, time_dim)
+        if class_emb is not None:
+            emb = jnp.concatenate([emb, class_emb], axis=-1) if self.class_embeddings_concat else emb + class_emb
         if self.addition_embed_type == "image":
             emb = emb + ImageTimeEmbedding(time_dim, dtype=dt, name="add_embedding")(
                 added_cond_kwargs["image_embeds"].astype(dt))

@@ -117,7 +117,8 @@ class Checkpointer:
         return state, iterator_state
 
     def restore_params(self, abstract_params, step: int | None = None, *, ema: bool = False):
-        """Only the trainable (or EMA) params, e.g. for sampling."""
+        """Only the trainable (or EMA) params, e.g. for sampling; `abstract_params` None restores them as
+        saved (host arrays)."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")

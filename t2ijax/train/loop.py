@@ -175,7 +175,8 @@ class Setup:
 
 def init_from(s: Setup):
     """The trainable params named by ``config.init_from`` (None when unset), sharded like the state's:
-    a workdir (its latest checkpoint's trainable item, or its EMA with ``config.init_from_ema``) or whatever
+    a workdir (its latest checkpoint's trainable item, or its EMA with ``config.init_from_ema``; a method's
+    ``adapt_init_params(saved, abstract_params)`` hook may reshape it, e.g. copy one model into N experts) or whatever
     the method's ``load_init(path, config, abstract_params)`` hook reads (an upstream folder or file).
     Strict: a missing, unexpected or mis-shaped key is an error naming it."""
     path = str(s.config.get("init_from", "") or "")
@@ -190,6 +191,11 @@ def init_from(s: Setup):
             if step is None:
                 raise FileNotFoundError(f"config.init_from={path!r}: no checkpoint in {checkpoints}")
             ema = bool(s.config.get("init_from_ema", False))
+            adapt = getattr(s.method, "adapt_init_params", None)
+            if callable(adapt):  # e.g. experts started from a single-model parent
+                params = adapt(ckpt.restore_params(None, step, ema=ema), abstract)
+                shd.check_tree_like(abstract, params, f"config.init_from={path!r} (step {step})")
+                return jax.device_put(params, s.state_shardings.params)
             shd.check_tree_like(abstract, ckpt.item_metadata(step, "ema" if ema else ckpt.item),
                                 f"config.init_from={path!r} (step {step})")
             return ckpt.restore_params(abstract, step, ema=ema)
@@ -226,7 +232,10 @@ def setup(config, *, devices=None) -> Setup:
                          f"{dict(shard_config.mesh.shape)})")
     method = get_method(config.method, config)
     check_method(method, config.method)
-    tx, schedule = make_optimizer(config.optim, int(config.total_steps))
+    # a method may build its own (e.g. expert ensembles: per-expert clipping and update masks)
+    build_optimizer = getattr(method, "make_optimizer", None)
+    tx, schedule = (build_optimizer if callable(build_optimizer) else make_optimizer)(config.optim,
+                                                                                      int(config.total_steps))
     with shard_config.active():
         build, shardings, abstract = create_state(method, config, tx, shard_config)
         frozen, frozen_shardings = shd.place(frozen_models(method, config, shard_config), shard_config)

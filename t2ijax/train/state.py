@@ -39,8 +39,10 @@ def create_state(method, config, tx: optax.GradientTransformation, shard_config:
     repl = shard_config.replicated()
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
     # Optimizer moments mirror their parameter's sharding; counters and other leaves are replicated.
-    opt_shardings = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_shardings,
-                                          transform_non_params=lambda _: repl)
+    # (a masked optimizer's moments hold MaskedNode where a parameter is frozen: it stays as it is)
+    masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
+    opt_shardings = optax.tree_map_params(tx, lambda v, s: v if masked(v) else s, abstract_opt, param_shardings,
+                                          transform_non_params=lambda _: repl, is_leaf=masked)
     shardings = TrainState(step=repl, params=param_shardings, opt_state=opt_shardings,
                            ema=param_shardings if use_ema else None, rng=repl)
 

@@ -45,8 +45,11 @@ def load_unet(path: str | os.PathLike, *, dtype: Any = None, shardings=None, var
     """
     module = UNet2DConditionModel.from_config(read_config(path), dtype=dtype or jnp.float32, remat=remat)
     sample, timesteps, context, added = module.example_inputs()
-    return _load(module, (sample, timesteps, context), {"added_cond_kwargs": added}, path, shardings, variant,
-                 param_dtype, "U-Net")
+    kwargs = {"added_cond_kwargs": added}
+    class_labels = module.example_class_labels()
+    if class_labels is not None:  # a class embedding (num_class_embeds / class_embed_type)
+        kwargs["class_labels"] = class_labels
+    return _load(module, (sample, timesteps, context), kwargs, path, shardings, variant, param_dtype, "U-Net")
 
 
 def load_vae(path: str | os.PathLike, *, dtype: Any = None, shardings=None, variant: str | None = None,
