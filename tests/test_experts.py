@@ -215,45 +215,48 @@ def test_vmap_step_equals_training_each_expert_separately(vmap_run):
     assert not np.allclose(k0, k1)
 
 
-@pytest.mark.parametrize("mode,train", [("round_robin", None), ("vmap", [1])])
-def test_experts_a_step_does_not_train_stay_bit_identical(mode, train):
+def test_sequential_round_robin_trains_one_expert_per_step_and_leaves_the_others_bit_identical():
     from t2ijax.train import loop
 
-    kw = {"mode": mode} if train is None else {"mode": mode, "train": train}
-    c = _config(**kw)
-    if train:
-        c.batch_size = 2
+    c = _config(mode="round_robin")
     s = loop.setup(c)
     step = jax.jit(loop.make_train_step(s.method, s.tx, s.schedule, c))
     state = s.state
-    before = jax.device_get(state.params["unet"])
-    opt_before = jax.device_get(state.opt_state)
-    trained_seq = []
     for i in range(2):
-        expected = int(s.method.selected_expert(i)) if mode != "vmap" else 1
-        trained_seq.append(expected)
+        expected = int(s.method.selected_expert(i))
+        assert expected == i  # round robin over experts 0, 1, 2
         prev = jax.device_get(state.params["unet"])
-        state, _ = step(state, s.frozen, _batch(c, i))
+        state, metrics = step(state, s.frozen, _batch(c, i))
+        assert int(metrics["expert"]) == expected
         now = jax.device_get(state.params["unet"])
-        for e in range(s.method.num_experts):
+        for e in range(3):
             same = jax.tree.all(jax.tree.map(lambda a, b: bool(np.array_equal(a[e], b[e])), prev, now))
             assert same == (e != expected), (i, e, expected)
-    if mode == "round_robin":
-        assert trained_seq == [0, 1]
-    untouched = [e for e in range(s.method.num_experts) if e not in trained_seq]
-    # optimizer moments of experts never trained are still their initial values
-    opt_now = jax.device_get(state.opt_state)
-    for a, b in zip(jax.tree.leaves(opt_before), jax.tree.leaves(opt_now)):
-        if a.ndim and a.shape[0] == s.method.num_experts and a.shape[1:] == () or a.ndim > 1:
-            for e in untouched:
-                np.testing.assert_array_equal(a[e], b[e])
-    for e in untouched:
-        jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[e], b[e]), before, jax.device_get(state.params["unet"]))
+
+
+def test_expert_masked_optimizer_keeps_untrained_experts_and_their_moments():
+    from t2ijax.train.optim import expert_masked
+
+    def is_stacked(path):
+        return path[0].key == "unet"
+
+    params = {"unet": jnp.arange(12.0).reshape(3, 4), "text": jnp.ones(2)}
+    tx = expert_masked(optax.adamw(0.1, weight_decay=0.1), lambda count: jnp.arange(3) == (count % 2), is_stacked)
+    state = tx.init(params)
+    grads = {"unet": jnp.ones((3, 4)), "text": jnp.ones(2)}
+    p = params
+    for i in range(3):
+        updates, state = tx.update(grads, state, p)
+        p = optax.apply_updates(p, updates)
+    np.testing.assert_array_equal(p["unet"][2], params["unet"][2])  # never active: not even weight decay
+    mu = state[1][0].mu["unet"]
+    assert np.all(np.asarray(mu[2]) == 0) and np.all(np.asarray(mu[:2]) != 0)
+    assert not np.allclose(p["text"], params["text"])  # shared leaves train every step
+    assert int(state[0]) == 3
 
 
 def test_by_mass_picks_experts_with_their_interval_probability():
     c = _config(mode="by_mass", partition="equal_mass", num_experts=4)
-    c.batch_size = 2
     from t2ijax.methods.experts import ExpertsMethod
 
     m = ExpertsMethod(c)
@@ -264,37 +267,44 @@ def test_by_mass_picks_experts_with_their_interval_probability():
     assert ExpertsMethod(c).partition.num_experts == 2
 
 
-def test_experts_start_from_a_single_parent_and_from_an_ensemble(tmp_path):
-    from t2ijax.train import loop
+def _save_unet(path, unet, like_state):
     from t2ijax.train.checkpoint import Checkpointer
 
-    parent_cfg = _config(partition="single")
-    parent_cfg.model.formulation = "edm"
-    parent_cfg.batch_size = 2
-    ps = loop.setup(parent_cfg)
-    parent_state = ps.state
-    single = jax.tree.map(lambda x: x[0], parent_state.params["unet"])
-    ckpt = Checkpointer(str(tmp_path / "parent" / "checkpoints"), async_save=False)
-    ckpt.save(parent_state.replace(params={**parent_state.params, "unet": single}), config_json={})
+    ckpt = Checkpointer(str(path / "checkpoints"), async_save=False)
+    ckpt.save(like_state.replace(params={**like_state.params, "unet": unet}), config_json={})
     ckpt.close()
-    c = _config()
-    c.init_from = str(tmp_path / "parent")
-    s = loop.setup(c)
-    unet = jax.device_get(s.state.params["unet"])
+
+
+def test_experts_start_from_a_parent_an_ensemble_or_other_runs(vmap_run, tmp_path):
+    from t2ijax.train import loop
+
+    c, s, state0, _, _, _ = vmap_run
+    host0 = jax.device_get(state0)
+    single = expert_params(host0.params["unet"], 0)
+    _save_unet(tmp_path / "parent", single, host0)
+    c2 = _config()
+    c2.init_from = str(tmp_path / "parent")
+    s2 = loop.setup(c2)
+    unet = jax.device_get(loop.init_from(s2)["unet"])  # the loop's path: restore, adapt, check, place
     for e in range(3):
-        jax.tree.map(np.testing.assert_array_equal, expert_params(unet, e), jax.device_get(single))
+        jax.tree.map(np.testing.assert_array_equal, expert_params(unet, e), single)
     # an ensemble parent: expert j <- parent expert parents[j] (growing the tree at its extremes)
-    marked = stack_params([jax.tree.map(lambda x, v=v: jnp.full_like(x, v), single) for v in (1.0, 2.0)])
-    ckpt = Checkpointer(str(tmp_path / "two" / "checkpoints"), async_save=False)
-    ckpt.save(parent_state.replace(params={**parent_state.params, "unet": marked}), config_json={})
-    ckpt.close()
-    c.init_from = str(tmp_path / "two")
+    marked = stack_params([jax.tree.map(lambda x, v=v: np.full_like(x, v), single) for v in (1.0, 2.0)])
+    saved = {"unet": marked, "text_encoder": host0.params["text_encoder"]}
     with pytest.raises(ValueError, match="experts.parents"):
-        _ = loop.setup(c).state
-    with c.unlocked():
-        c.model.experts.parents = [0, 1, 1]
-    got = jax.device_get(loop.setup(c).state.params["unet"]["conv_in"]["bias"])
+        s.method.adapt_init_params(saved, s.abstract_state.params)
+    from t2ijax.methods.experts import ExpertsMethod
+
+    with c2.unlocked():
+        c2.model.experts.parents = [0, 1, 1]
+    got = ExpertsMethod(c2).adapt_init_params(saved, s.abstract_state.params)["unet"]["conv_in"]["bias"]
     np.testing.assert_array_equal(got[:, 0], [1.0, 2.0, 2.0])
+    # swap one expert in from another run, addressed as workdir:index
+    _save_unet(tmp_path / "other", stack_params([jax.tree.map(lambda x: np.full_like(x, 7.0), single)] * 2), host0)
+    with c2.unlocked():
+        c2.model.experts.sources = ["", f"{tmp_path / 'other'}:1", ""]
+    got = ExpertsMethod(c2).adapt_init_params(saved, s.abstract_state.params)["unet"]["conv_in"]["bias"]
+    np.testing.assert_array_equal(got[:, 0], [1.0, 7.0, 2.0])
 
 
 def test_sample_and_export_per_expert(vmap_run, tmp_path):

@@ -243,6 +243,17 @@ class FrozenModel:
         return params if shardings is None else jax.device_put(params, shardings)
 
 
+def vae_encode(vae, vae_params, images, key):
+    """Scaled VAE latents of `images` in [-1, 1]: a draw from the encoder's Gaussian (latent diffusion's x0)."""
+    mean, logvar = vae.apply({"params": vae_params}, images, method="encode")
+    return vae.scale_latents(mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape))
+
+
+def vae_decode(vae, vae_params, latents):
+    """Images in [-1, 1] from scaled VAE latents."""
+    return vae.apply({"params": vae_params}, vae.unscale_latents(latents), method="decode")
+
+
 def _folder(path: str | None, sub: str) -> str | None:
     """`path`, or its `sub` folder when `path` is a `t2ijax convert` export or a pipeline folder."""
     if path and not os.path.exists(os.path.join(path, "config.json")) and os.path.isdir(os.path.join(path, sub)):

@@ -61,6 +61,8 @@ from t2ijax.methods.common import (
     frozen_text_encoder,
     frozen_unet,
     frozen_vae,
+    vae_decode,
+    vae_encode,
     open_feature_cache,
     random_frozen_params,  # noqa: F401  (re-exported: the method's historical home)
     text_width,
@@ -164,9 +166,7 @@ class ELLAMethod(DiffusionMethod):
     def _to_model_space(self, frozen, images, key):
         if self.vae is None:
             return images
-        mean, logvar = self.vae.apply({"params": frozen["vae"]}, images, method="encode")
-        z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape)
-        return self.vae.scale_latents(z)
+        return vae_encode(self.vae, frozen["vae"], images, key)
 
     def loss(self, params, frozen, batch, rng):
         images = batch["image"].astype(jnp.float32)
@@ -241,7 +241,7 @@ class ELLAMethod(DiffusionMethod):
         def decode(x0):
             if self.vae is None:
                 return x0
-            return self.vae.apply({"params": frozen["vae"]}, self.vae.unscale_latents(x0), method="decode")
+            return vae_decode(self.vae, frozen["vae"], x0)
 
         return self.sample_images(self._denoise, {"unet": frozen["unet"], "tsc": params}, cond, uncond,
                                   (self.sample_size, self.sample_size, self.unet.in_channels), seeds=seeds, rng=rng,

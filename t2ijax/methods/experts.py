@@ -16,8 +16,12 @@ config.model (besides txt2img's unet / text / caption_dropout / schedule / predi
                            "round_robin" | "by_mass" (sequential: each step trains one expert on the whole
                            batch, in turn or drawn with its interval's probability as ERNIE's Algorithm 1),
                      train: expert indices to train (default all; the others stay bit-identical),
-                     parents: for init_from an ensemble, parent expert index of each expert (grows a tree)}
+                     parents: for init_from an ensemble, parent expert index of each expert (grows a tree),
+                     sources: per expert, "" (from init_from) or "workdir[:index]": take that expert from another
+                              run (swap one expert; the checkpoint keeps each expert addressable as a row)}
   train_text_encoder  True: the shared text encoder is trained with the experts (ERNIE); False: frozen
+  vae_path / vae    optional frozen VAE (a diffusers folder, or a config for random weights): latent diffusion
+                    (ERNIE-ViLG 2.0); without one the U-Net works on pixels (eDiff-I, Shapes)
   conditioning      "text" (the trained text encoder) | "multi_encoder" (eDiff-I: frozen T5 + CLIP text +
                     CLIP image embedding, `t2ijax.methods.ediffi_conditioning`)
 config.sample: num_steps, guidance_scale, sampler ("ddim" for ddpm; "heun" | "euler" | "dpm" for edm).
@@ -98,8 +102,18 @@ class ExpertsMethod(Txt2ImgMethod):
     extra_in_channels = 0
 
     def __init__(self, config):
-        super().__init__(config)
+        from t2ijax.methods.common import frozen_vae
+
         m = config.model
+        # latent diffusion (ERNIE-ViLG 2.0) with a frozen VAE; pixel space (eDiff-I, Shapes) without one
+        self._frozen_vae = frozen_vae(field(m, "vae_path"), field(m, "vae"), jnp.dtype(config.compute_dtype))
+        self.vae = self._frozen_vae.module if self._frozen_vae is not None else None
+        self.channels = self.vae.latent_channels if self.vae is not None else 3
+        super().__init__(config)
+        factor = 2 ** (len(self.vae.block_out_channels) - 1) if self.vae is not None else 1
+        if self.resolution % factor:
+            raise ValueError(f"data.resolution {self.resolution} is not divisible by the VAE factor {factor}")
+        self.sample_size = self.resolution // factor
         self.formulation = str(field(m, "formulation", "ddpm"))
         if self.formulation not in ("ddpm", "edm"):
             raise ValueError(f"model.formulation={self.formulation!r}; choose 'ddpm' or 'edm'")
@@ -120,6 +134,10 @@ class ExpertsMethod(Txt2ImgMethod):
         if not train or len(set(train)) != len(train) or min(train) < 0 or max(train) >= self.num_experts:
             raise ValueError(f"model.experts.train={list(train)} must be distinct indices in [0, {self.num_experts})")
         self.trained = tuple(sorted(train))
+        sources = ex.get("sources")
+        self.sources = tuple(str(x or "") for x in sources) if sources else None
+        if self.sources is not None and len(self.sources) != self.num_experts:
+            raise ValueError(f"model.experts.sources has {len(self.sources)} entries for {self.num_experts} experts")
         parents = ex.get("parents")
         self.parents = tuple(int(p) for p in parents) if parents else None
         if self.parents is not None and len(self.parents) != self.num_experts:
@@ -158,10 +176,12 @@ class ExpertsMethod(Txt2ImgMethod):
         raise ValueError(f"model.conditioning={kind!r}; choose 'text' or 'multi_encoder'")
 
     def _check_channels(self, unet_cfg) -> None:
-        want_in = 3 + self.extra_in_channels
-        if unet_cfg.get("in_channels") != want_in or unet_cfg.get("out_channels") != 3:
-            raise ValueError(f"this method works in pixel space: model.unet.in_channels must be {want_in} "
-                             f"(3 + {self.extra_in_channels} conditioning) and out_channels 3")
+        want_in = self.channels + self.extra_in_channels
+        if unet_cfg.get("in_channels") != want_in or unet_cfg.get("out_channels") != self.channels:
+            space = "VAE latents have" if self.vae is not None else "pixels have"
+            raise ValueError(f"{space} {self.channels} channels: model.unet.in_channels must be {want_in} "
+                             f"({self.channels} + {self.extra_in_channels} conditioning) and out_channels "
+                             f"{self.channels}, got {unet_cfg.get('in_channels')} and {unet_cfg.get('out_channels')}")
 
     # ---------------------------------------------------------------- the denoiser
 
@@ -183,7 +203,7 @@ class ExpertsMethod(Txt2ImgMethod):
 
     def init(self, rng, config):
         unet_key, cond_key = jax.random.split(rng)
-        x = jnp.zeros((self.num_experts, 1, self.resolution, self.resolution, 3 + self.extra_in_channels))
+        x = jnp.zeros((self.num_experts, 1, self.sample_size, self.sample_size, self.channels + self.extra_in_channels))
         cond = jax.tree.map(lambda a: jnp.broadcast_to(a, (self.num_experts,) + a.shape),
                             self.conditioner.example_cond(1))
         kwargs = {"class_labels": cond["class_labels"]} if "class_labels" in cond else {}
@@ -191,8 +211,27 @@ class ExpertsMethod(Txt2ImgMethod):
                                       kwargs)["params"]
         return {"unet": unet, **self.conditioner.init(cond_key)}
 
-    def frozen(self, config):
-        return self.conditioner.frozen(config)
+    def frozen(self, config, shard_config=None):
+        from t2ijax.train.method import accepts
+
+        takes = accepts(self.conditioner.frozen, "shard_config")  # a frozen T5-XXL goes straight onto its shards
+        out = dict(self.conditioner.frozen(config, shard_config) if takes else self.conditioner.frozen(config))
+        if self._frozen_vae is not None:
+            out["vae"] = self._frozen_vae.params(np.random.default_rng(int(config.seed)), shard_config)
+        return out
+
+    def model_space(self, frozen, images, key):
+        """x0 of the diffusion: the images, or their VAE latents."""
+        from t2ijax.methods.common import vae_encode
+
+        if self.vae is None:
+            return images
+        return jax.lax.stop_gradient(vae_encode(self.vae, frozen["vae"], images, key))
+
+    def to_pixels(self, frozen):
+        from t2ijax.methods.common import vae_decode
+
+        return None if self.vae is None else (lambda x0: vae_decode(self.vae, frozen["vae"], x0))
 
     def _expert_loss(self, unet_params, x0, cond, levels, noise_key, weight_map=None):
         """Mean denoising loss of one expert on its micro-batch at the given noise levels."""
@@ -219,9 +258,9 @@ class ExpertsMethod(Txt2ImgMethod):
         return jnp.arange(self.num_experts) == self.selected_expert(step)
 
     def loss(self, params, frozen, batch, rng, step=0):
-        x0 = batch["image"].astype(jnp.float32)
+        cond_key, level_key, noise_key, vae_key = jax.random.split(rng, 4)
+        x0 = self.model_space(frozen, batch["image"].astype(jnp.float32), vae_key)
         b = x0.shape[0]
-        cond_key, level_key, noise_key = jax.random.split(rng, 3)
         cond = self.conditioner.train_cond(params, frozen, batch, cond_key)
         weight_map = batch.get("loss_weight")
         if self.mode != "vmap":
@@ -284,6 +323,11 @@ class ExpertsMethod(Txt2ImgMethod):
             if max(parents) >= m:
                 raise ValueError(f"model.experts.parents={list(parents)} but the parent has {m} experts")
             unet = jax.tree.map(lambda p: np.asarray(p)[np.asarray(parents)], unet)
+        if self.sources:  # swap in experts of other runs: "workdir" (a single model) or "workdir:index"
+            unet = jax.tree.map(np.array, unet)
+            for j, source in enumerate(self.sources):
+                if source:
+                    unet = jax.tree.map(lambda p, q, j=j: _set_row(p, j, q), unet, _expert_from(source))
         saved["unet"] = unet
         return saved
 
@@ -301,8 +345,8 @@ class ExpertsMethod(Txt2ImgMethod):
         """uint8 images (N, H, W, 3); each sampler step runs only the expert its noise level belongs to."""
         cond, uncond = self.conditioner.prompt_cond(params, frozen, prompts, **cond_inputs)
         return self.sample_images(self.denoiser, params["unet"], cond, uncond,
-                                  (self.resolution, self.resolution, 3), seeds=seeds, rng=rng,
-                                  num_steps=num_steps, guidance_scale=guidance_scale,
+                                  (self.sample_size, self.sample_size, self.channels), seeds=seeds, rng=rng,
+                                  num_steps=num_steps, guidance_scale=guidance_scale, decode=self.to_pixels(frozen),
                                   sampler=self.make_sampler(), expert_table=self.partition.table)
 
     # ---------------------------------------------------------------- export
@@ -327,12 +371,49 @@ class ExpertsMethod(Txt2ImgMethod):
             save_text_encoder(self.text_encoder, host["text_encoder"], d)
             self.tokenizer.save_pretrained(os.path.join(out_dir, "tokenizer"))
             written += [d, os.path.join(out_dir, "tokenizer")]
+        if "conditioning" in host:  # the multi-encoder projections and null token (safetensors, flat keys)
+            from safetensors.numpy import save_file
+
+            flat = jax.tree_util.tree_flatten_with_path(host["conditioning"])[0]
+            d = os.path.join(out_dir, "conditioning.safetensors")
+            save_file({jax.tree_util.keystr(k, simple=True, separator="."): np.asarray(v) for k, v in flat}, d)
+            written.append(d)
         meta = {"formulation": self.formulation, "partition": dataclasses.asdict(self.partition),
                 "experts": self.partition.describe(), "edm": dataclasses.asdict(self.edm)}
         path = os.path.join(out_dir, "experts.json")
         with open(path, "w") as f:
             json.dump(meta, f, indent=2, default=float)
         return written + [path]
+
+
+def _set_row(stacked, j, row):
+    if row.shape != stacked.shape[1:]:
+        raise ValueError(f"model.experts.sources: an expert of shape {row.shape} does not fit this run's "
+                         f"{stacked.shape[1:]}")
+    stacked[j] = row
+    return stacked
+
+
+def _expert_from(source: str):
+    """The U-Net params of ``workdir`` (its latest checkpoint: a single model) or ``workdir:index`` (one
+    expert of an ensemble run), on the host."""
+    import os
+
+    from t2ijax.train.checkpoint import Checkpointer
+
+    path, _, index = source.rpartition(":") if source.rpartition(":")[2].isdigit() else (source, "", "")
+    checkpoints = os.path.join(path, "checkpoints")
+    if not os.path.isdir(checkpoints):
+        raise FileNotFoundError(f"model.experts.sources entry {source!r}: no {checkpoints}")
+    ckpt = Checkpointer(checkpoints, async_save=False)
+    try:
+        step = ckpt.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"model.experts.sources entry {source!r}: no checkpoint in {checkpoints}")
+        unet = ckpt.restore_params(None, step)["unet"]
+    finally:
+        ckpt.close()
+    return jax.tree.map(lambda p: np.asarray(p)[int(index)] if index else np.asarray(p), unet)
 
 
 def make_method(config) -> ExpertsMethod:
