@@ -11,6 +11,9 @@
   convert   export the trained model to upstream layouts (diffusers / Hugging Face folders) in --out
   demo      end to end on one machine: prepare, train, sample a grid, evaluate on Shapes
 
+A cascade config (``config.method = "cascade"``, e.g. configs/cascade_shapes.py) makes ``sample`` / ``eval``
+run its stages (base -> super-resolution), each from its own workdir; --workdir is then optional.
+
 Config overrides use the config's own paths: ``--config.optim.lr=3e-4 --config.mesh.fsdp=4``.
 The config is locked: an unknown key is an error naming it. ``--config`` may be omitted for
 sample / eval / convert: the config saved in ``<workdir>/config.json`` is used.
@@ -130,8 +133,33 @@ def _prompts() -> list[str]:
     return prompts
 
 
+def _is_cascade(config) -> bool:
+    """A ``method = "cascade"`` config (configs/cascade_shapes.py): stages with their own configs and workdirs."""
+    return config is not None and config.get("method") == "cascade"
+
+
+def _cascade_sampler(config, random_init: bool):
+    """`t2ijax.methods.cascade`: base -> SR stages, each loaded from its own workdir (or random)."""
+    if FLAGS.num_steps or FLAGS.guidance_scale is not None:
+        _usage_error("a cascade samples each stage with its own settings: use --config.stages.<name>.num_steps=N / "
+                     "--config.stages.<name>.guidance_scale=G (and .aug_level for SR stages) instead of --num_steps / "
+                     "--guidance_scale")
+    from t2ijax.methods.cascade import load_cascade_from_config
+    try:
+        return load_cascade_from_config(config, random_init=random_init, ema=FLAGS.ema).sampler()
+    except (ValueError, FileNotFoundError) as e:
+        _usage_error(f"cascade: {e}")
+
+
+def _cascade_workdir(config) -> str:
+    """Where a cascade's eval writes by default: --workdir, else config.workdir."""
+    return FLAGS.workdir or config.get("workdir") or "."
+
+
 def _sampler(config, workdir, random_init: bool):
     """`t2ijax.train.sampling.make_sampler` over the loaded model: sampler(prompts, seeds) -> uint8 images."""
+    if _is_cascade(config):
+        return _cascade_sampler(config, random_init)
     from t2ijax.train.sampling import load_for_inference, make_sampler
     method, params, frozen, _ = load_for_inference(config, workdir, random_init=random_init, ema=FLAGS.ema)
     try:
@@ -151,7 +179,7 @@ def cmd_sample() -> str:
 
     config = _config(required=False)
     prompts = _prompts()
-    sampler = _sampler(config, None if FLAGS.random_init else _workdir(), FLAGS.random_init)
+    sampler = _sampler(config, None if FLAGS.random_init or _is_cascade(config) else _workdir(), FLAGS.random_init)
     seeds = [FLAGS.seed + i for i in range(len(prompts))]
     images = sampler(prompts, seeds)
     grid = _import("t2ijax.eval.grid", "sample")
@@ -205,7 +233,7 @@ def _print_eval(results: dict, out: str) -> None:
 
 def cmd_eval() -> dict:
     config = _config(required=False)
-    workdir = _workdir()
+    workdir = _cascade_workdir(config) if _is_cascade(config) else _workdir()
     evaluate_module = _import("t2ijax.eval.evaluate", "eval")
     vqa, dpg_csv = _dpg_inputs(evaluate_module)
     sampler = _sampler(config, workdir, FLAGS.random_init)

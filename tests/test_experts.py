@@ -288,6 +288,10 @@ def test_experts_start_from_a_parent_an_ensemble_or_other_runs(vmap_run, tmp_pat
     unet = jax.device_get(loop.init_from(s2)["unet"])  # the loop's path: restore, adapt, check, place
     for e in range(3):
         jax.tree.map(np.testing.assert_array_equal, expert_params(unet, e), single)
+    # a one-expert run (partition "single", as the experiment's parent) is a single model too
+    one = {"unet": stack_params([single]), "text_encoder": host0.params["text_encoder"]}
+    got = s.method.adapt_init_params(one, s.abstract_state.params)["unet"]
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[2], b), got, single)
     # an ensemble parent: expert j <- parent expert parents[j] (growing the tree at its extremes)
     marked = stack_params([jax.tree.map(lambda x, v=v: np.full_like(x, v), single) for v in (1.0, 2.0)])
     saved = {"unet": marked, "text_encoder": host0.params["text_encoder"]}

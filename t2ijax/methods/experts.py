@@ -312,7 +312,9 @@ class ExpertsMethod(Txt2ImgMethod):
             raise ValueError(f"config.init_from: the parent checkpoint has no 'unet' (it has {sorted(saved)})")
         target = jax.tree.leaves(abstract["unet"])[0].shape
         first = jax.tree.leaves(unet)[0].shape
-        if first == target[1:]:  # a single model
+        if first == target[1:] or (first[0] == 1 and first[1:] == target[1:] and self.parents is None):
+            if first != target[1:]:  # a one-expert run (partition "single") is a single model
+                unet = jax.tree.map(lambda p: np.asarray(p)[0], unet)
             unet = jax.tree.map(lambda p: np.broadcast_to(np.asarray(p), (self.num_experts,) + p.shape).copy(), unet)
         else:
             m = num_stacked(unet)
