@@ -154,6 +154,7 @@ def _config(**experts):
     c.data.resolution = 8
     c.model.unet.sample_size = 8
     with c.unlocked():
+        c.model.experts.step = "vmap"
         for k, v in experts.items():
             c.model.experts[k] = v
     if experts.get("mode", "vmap") != "vmap":
@@ -213,6 +214,20 @@ def test_vmap_step_equals_training_each_expert_separately(vmap_run):
     jax.tree.map(np.testing.assert_array_equal, state.params["text_encoder"], state0.params["text_encoder"])
     k0, k1 = (np.asarray(expert_params(state.params["unet"], e)["conv_in"]["kernel"]) for e in (0, 1))
     assert not np.allclose(k0, k1)
+
+
+def test_unrolled_step_computes_the_vmapped_losses(vmap_run):
+    from t2ijax.methods.experts import ExpertsMethod
+
+    c, s, state0, _, batches, _ = vmap_run
+    with c.unlocked():
+        c.model.experts.step = "unrolled"
+    unrolled = ExpertsMethod(c)
+    rng = jax.random.PRNGKey(3)
+    a = jax.jit(s.method.loss)(state0.params, s.frozen, batches[0], rng)[1]
+    b = jax.jit(unrolled.loss)(state0.params, s.frozen, batches[0], rng)[1]
+    for e in range(3):
+        np.testing.assert_allclose(a[f"loss_expert_{e}"], b[f"loss_expert_{e}"], rtol=1e-5)
 
 
 def test_sequential_round_robin_trains_one_expert_per_step_and_leaves_the_others_bit_identical():

@@ -38,7 +38,7 @@ PAIRS="$R/eval_cascade_$SPLIT $R/eval_upsampled_$SPLIT"
 # 5. the 64 px single model, same total steps (base + SR), same U-Net body as the SR stage
 if [ "$SINGLE" = 1 ]; then
   [ -f $R/single64/done ] || { $T2I train --config=experiments/cascade_shapes/single64.py:steps=$((BASE_STEPS + SR_STEPS)) \
-      --workdir=$R/single64 --config.checkpoint_every=$((BASE_STEPS + SR_STEPS)) --config.progress=False
+      --workdir=$R/single64 --config.checkpoint_every=200 --config.progress=False
     touch $R/single64/done; }
   [ -f $R/eval_single64_$SPLIT/report.json ] || $T2I eval --workdir=$R/single64 $EVAL --out=$R/eval_single64_$SPLIT
   PAIRS="$R/eval_cascade_$SPLIT $R/eval_single64_$SPLIT $PAIRS"
