@@ -34,6 +34,7 @@ SUITE = {
     "eclipse_prior": ["benchmarks/eclipse_prior.py"],
     "encoders": ["benchmarks/encoders.py"],
     "sampling_loop": ["benchmarks/sampling_loop.py"],
+    "experts_sampling": ["benchmarks/experts_sampling.py"],
     "loop_overhead": ["benchmarks/loop_overhead.py"],
     "data_eval": ["benchmarks/data_eval.py"],
     "compile_time": ["benchmarks/compile_time.py"],

@@ -65,7 +65,7 @@ def _unet(tiny: bool, class_dim: int) -> dict:
     if tiny:  # configs/demo_shapes.py's tiny U-Net (one level: CPU compile time), plus the class embedding
         return dict(sample_size=32, in_channels=3, out_channels=3, block_out_channels=[8], layers_per_block=1,
                     down_block_types=["CrossAttnDownBlock2D"], up_block_types=["CrossAttnUpBlock2D"],
-                    attention_head_dim=2, cross_attention_dim=16, norm_num_groups=4,
+                    attention_head_dim=2, cross_attention_dim=16, norm_num_groups=4, mid_block_type=None,
                     class_embed_type="projection", projection_class_embeddings_input_dim=class_dim)
     return dict(sample_size=64, in_channels=3, out_channels=3, block_out_channels=[256, 512, 1024, 1024],
                 layers_per_block=3,

@@ -122,9 +122,9 @@ class ExpertPartition:
         return jnp.exp(self.p_mean + self.p_std * jax.scipy.special.ndtri(q))
 
     def describe(self) -> list[dict]:
-        """One row per expert: name, interval, mass (for reports and model cards)."""
+        """One row per expert: name, interval, mass (for reports and model cards; an open upper end is None)."""
         names = self.names or tuple(f"expert {j}" for j in range(self.num_experts))
-        return [{"expert": j, "name": names[j], "axis": self.axis, "low": lo, "high": hi,
+        return [{"expert": j, "name": names[j], "axis": self.axis, "low": lo, "high": None if math.isinf(hi) else hi,
                  "mass": float(m)} for j, ((lo, hi), m) in enumerate(zip(self.intervals(), self.masses))]
 
 
