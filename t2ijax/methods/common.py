@@ -104,6 +104,7 @@ class MethodHooks:
       prepare(config) -> str | None: ``t2ijax prepare`` builds method assets (e.g. a feature cache)
       export(params, out_dir) -> list[str]: ``t2ijax convert`` writes upstream layouts
       trainable_item: the checkpoint item holding the trainable params
+      make_optimizer(optim, total_steps) / adapt_init_params(saved, abstract): see `t2ijax.train.method`
     """
 
     flops_per_example: float | None = None  # None: the loop takes XLA's cost analysis of the compiled step

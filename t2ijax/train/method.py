@@ -44,6 +44,15 @@ inherit, and docs/adding_a_method.md walks through a method):
   trainable_item: str
       Name of the checkpoint item holding `params` (e.g. "connector" for ELLA,
       "adapter" for SUR); defaults to "params".
+  make_optimizer(optim_config, total_steps) -> (optax transformation, lr schedule)
+      Replaces `t2ijax.train.optim.make_optimizer` (e.g. expert ensembles: per-expert
+      clipping, updates masked to the experts a step trains).
+  adapt_init_params(saved_params, abstract_params) -> params
+      With ``config.init_from`` a workdir: reshapes its saved trainable params into this
+      run's (e.g. one parent copied into N stacked experts).
+  loss(..., step=...)
+      A loss that takes `step` gets the optimizer step (e.g. the expert a sequential
+      step trains).
 """
 
 from __future__ import annotations
