@@ -46,6 +46,7 @@ def main():
     from t2ijax.config_utils import load_config
     from t2ijax.methods.experts import ExpertsMethod
     from t2ijax.models.experts import expert_params
+    from t2ijax.sharding import strip_boxes
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experts", type=int, default=3, choices=(2, 3, 4))
@@ -59,9 +60,7 @@ def main():
 
     c = load_config(f"configs/experts_shapes.py:{partition_variant(args.experts)}")
     method = ExpertsMethod(c)
-    params = method.init(jax.random.PRNGKey(0), c)
-    params = jax.tree.map(lambda x: x.unbox() if hasattr(x, "unbox") else x, params,
-                          is_leaf=lambda x: hasattr(x, "unbox"))
+    params = strip_boxes(method.init(jax.random.PRNGKey(0), c))
     stacked = params["unet"]
     single = expert_params(stacked, 0)
     sampler = diffusion.Heun(schedule=method.edm_schedule, prediction_type="sample")

@@ -21,7 +21,7 @@ Launch:
       --prompt="a large red circle above a small blue square"
   t2ijax eval --config=configs/cascade_shapes.py --benchmark=shapes --split=validation --num_prompts=32 \\
       --out=runs/cascade_shapes/eval_cascade_validation
-  t2ijax sample --config=configs/cascade_shapes.py:variant=tiny --out=/tmp/grid.png --prompt="a red circle"
+  t2ijax sample --config=configs/cascade_shapes.py:variant=tiny --out=grid.png --prompt="a red circle"
 """
 
 import os
