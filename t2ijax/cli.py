@@ -40,6 +40,11 @@ flags.DEFINE_integer("num_steps", 0, "sampler steps (0: config.sample.num_steps)
 flags.DEFINE_float("guidance_scale", None, "classifier-free guidance scale (default: config.sample.guidance_scale)")
 flags.DEFINE_integer("seed", 0, "sampling seed: `sample` gives image i seed S+i, `eval` gives image j of "
                      "its prompt list (each prompt repeated --images_per_prompt times) seed S+j")
+flags.DEFINE_string("paint", None, "`sample`: paint-with-words segmentation image (PNG), one colour per phrase, "
+                    "with --paint_map; every prompt is painted with it")
+flags.DEFINE_string("paint_map", None, "`sample --paint`: JSON object (inline or a file) {colour: 'phrase,strength'}, "
+                    "colour '#rrggbb' or 'r,g,b' (--paint-map is accepted too)")
+flags.DEFINE_float("paint_scale", 1.0, "`sample --paint`: the global paint weight w'")
 flags.DEFINE_integer("stop_after", 0, "`train`: stop (with a checkpoint) at this step, as a preemption would")
 flags.DEFINE_enum("benchmark", "shapes", ["shapes", "dpg"], "`eval`: the benchmark")
 flags.DEFINE_integer("num_prompts", 0, "`eval`: number of prompts (0: all)")
@@ -63,6 +68,7 @@ def _usage_error(message: str) -> None:
 
 def _parse(argv: list[str]) -> list[str]:
     """absl flag parsing with clean errors for unknown commands, flags and config keys."""
+    argv = [("--paint_map" + a[len("--paint-map"):]) if a.startswith("--paint-map") else a for a in argv]
     try:
         rest = FLAGS(argv)
     except flags.Error as e:
@@ -158,15 +164,32 @@ def _cascade_workdir(config) -> str:
 
 def _sampler(config, workdir, random_init: bool):
     """`t2ijax.train.sampling.make_sampler` over the loaded model: sampler(prompts, seeds) -> uint8 images."""
+    paint = _paint_kwargs()
     if _is_cascade(config):
+        if paint:
+            _usage_error("--paint: paint-with-words is not available for a cascade; paint its base model")
         return _cascade_sampler(config, random_init)
     from t2ijax.train.sampling import load_for_inference, make_sampler
     method, params, frozen, _ = load_for_inference(config, workdir, random_init=random_init, ema=FLAGS.ema)
     try:
         return make_sampler(method, params, frozen, num_steps=FLAGS.num_steps or None,
-                            guidance_scale=FLAGS.guidance_scale)
+                            guidance_scale=FLAGS.guidance_scale, **paint)
     except ValueError as e:  # a method without sample()
         _usage_error(f"method {config.method!r}: {e}")
+
+
+def _paint_kwargs() -> dict:
+    """`sample`'s paint-with-words inputs, checked before any model is loaded or compiled."""
+    if FLAGS.paint is None and FLAGS.paint_map is None:
+        return {}
+    if FLAGS.paint is None or FLAGS.paint_map is None:
+        _usage_error("paint-with-words needs both --paint=<segmentation.png> and --paint_map=<JSON>")
+    from t2ijax.methods.paint_with_words import load_paint
+    try:
+        paint = load_paint(FLAGS.paint, FLAGS.paint_map)
+    except (OSError, ValueError) as e:
+        _usage_error(f"--paint: {e}")
+    return {"paint": paint, "paint_scale": FLAGS.paint_scale}
 
 
 def cmd_train() -> None:
@@ -179,6 +202,13 @@ def cmd_sample() -> str:
 
     config = _config(required=False)
     prompts = _prompts()
+    paint = _paint_kwargs()
+    if paint:
+        from t2ijax.methods.paint_with_words import check_phrases
+        try:
+            check_phrases(paint["paint"], prompts)
+        except ValueError as e:
+            _usage_error(f"--paint_map: {e}")
     sampler = _sampler(config, None if FLAGS.random_init or _is_cascade(config) else _workdir(), FLAGS.random_init)
     seeds = [FLAGS.seed + i for i in range(len(prompts))]
     images = sampler(prompts, seeds)

@@ -15,6 +15,30 @@ int32 (the scene / line index in the source). Shapes adds, with
 (B, 4, H, W) float32; "object_valid" (B, 4); "key_token_mask" (B, L) marking the
 tokens of key words (colour, shape, size, relation, count) and
 "object_token_mask" (B, 4, L) marking each object's phrase in the caption.
+
+ERNIE-ViLG 2.0 knowledge (`t2ijax.data.knowledge`; nothing is downloaded at run time):
+  * `data_config.key_words` picks who marks "key_token_mask": "annotations" (Shapes'
+    annotated key spans, the default), "heuristic" (a dependency-free English
+    part-of-speech heuristic) or "spacy" (spaCy + en_core_web_sm, installed beforehand).
+  * `data_config.complete_captions` appends to the caption the objects it does not
+    mention (Shapes: "<colour> <shape>" of every object; folders: the object labels),
+    ", "-separated. Appended labels are key words too (Shapes kinds "colour", "shape")
+    and become the phrase of their object in "object_token_mask" when it had none.
+  * `data_config.caption_object_dropout` (Shapes, "short" captions) leaves each object
+    out of the caption with that probability (at least one stays), the caption rebuilt
+    from the kept objects so spans stay exact; a left-out object keeps its "masks",
+    "boxes" and "object_valid" (it is in the image) but has a zero "object_token_mask"
+    row unless completion appends it. Extra captions are not affected.
+  * Image folders, with `with_regions` and key_words "heuristic" / "spacy": the same
+    region fields as Shapes. Objects (at most 4, in order) come from a metadata field
+    "objects": [{"label": str, "box": [x0, y0, x1, y1]}] (normalised to the original
+    image; a precomputed detector run), else from `data_config.detector`
+    ("module:function", run on the decoded original image), else there are none.
+    "boxes" are mapped into the resized, centre-cropped image (objects cropped out are
+    dropped), "masks" are those boxes rasterised at the data resolution (pixel centres
+    inside the box), "object_valid" marks the objects, and "object_token_mask" marks the
+    first whole-word occurrence of each object's label in the (completed) caption. With
+    key_words "annotations" (the default) folders keep their plain batches.
 Each caption kind of `data_config.extra_captions` (name -> "kind[:tokenizer[:max_length]]") adds
 "<name>_input_ids" / "<name>_attention_mask", tokenized with its own tokenizer and length: a batch can
 carry a short and a narrative caption, or a CLIP and an LLM tokenization of one caption.
@@ -24,7 +48,8 @@ Shapes, its masks and boxes, and swap the "left" / "right" token ids of the capt
 so that spatial relations stay true. Image-folder captions are left as they are:
 a flip there can contradict a caption that says "left" or "right".
 
-Determinism: shuffling and random flips are seeded and reshuffled every epoch;
+Determinism: shuffling, random flips and caption object dropout are seeded and
+redrawn every epoch (the flip is drawn first, so turning dropout on keeps the flips);
 the batch sequence is a function of (data, seed, shard, batch size,
 worker_count): Grain worker processes (`worker_count` > 0) each batch their own
 interleaved share of the rows, so changing `worker_count` changes the batch
@@ -42,7 +67,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from t2ijax.data import preprocess, shapes
+from t2ijax.data import knowledge, preprocess, shapes
 from t2ijax.data.config import CAPTION_KINDS, SHAPES_WORD_LENGTH, default_data_config  # noqa: F401
 from t2ijax.data.tfds_builders import prepare
 from t2ijax.data.tokenizer import CaptionTokenizer, load_tokenizer, spans_to_token_mask
@@ -69,6 +94,31 @@ def _validate(cfg, split, batch_size, shard_index, shard_count):
     if split not in ("train", "validation", "test"):
         raise ValueError(f"split must be 'train', 'validation' or 'test', got {split!r}")
     extra_captions(cfg)
+    knowledge_options(cfg)
+
+
+def knowledge_options(cfg) -> dict:
+    """The ERNIE-ViLG 2.0 knowledge fields of ``data`` checked, defaults filled in (configs that predate them
+    load as the defaults): key_words, complete_captions, caption_object_dropout, detector."""
+    opts = {"key_words": str(cfg.get("key_words", "annotations")),
+            "complete_captions": bool(cfg.get("complete_captions", False)),
+            "caption_object_dropout": float(cfg.get("caption_object_dropout", 0.0)),
+            "detector": str(cfg.get("detector", "") or "")}
+    if opts["key_words"] not in knowledge.KEY_WORD_PROVIDERS:
+        raise ValueError(f"data.key_words must be one of {knowledge.KEY_WORD_PROVIDERS}, got {opts['key_words']!r}")
+    p = opts["caption_object_dropout"]
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"data.caption_object_dropout must be in [0, 1], got {p}")
+    if p > 0 and (cfg.name != "shapes" or cfg.caption != "short"):
+        raise ValueError("data.caption_object_dropout rebuilds Shapes 'short' captions from the scene graph; it "
+                         f"needs name='shapes' and caption='short' (got {cfg.name!r}, {cfg.caption!r})")
+    if opts["detector"] and cfg.name != "image_text_folder":
+        raise ValueError("data.detector applies to image_text_folder only (Shapes objects come from the scene graph)")
+    if (cfg.name == "image_text_folder" and cfg.with_regions and opts["key_words"] == "annotations"
+            and (opts["complete_captions"] or opts["detector"])):
+        raise ValueError("data.key_words='annotations': image folders have no key-word annotations; set "
+                         "key_words='heuristic' (or 'spacy') for their key_token_mask, or with_regions=False")
+    return opts
 
 
 def extra_captions(cfg) -> dict[str, tuple[str, str, int]]:
@@ -132,16 +182,57 @@ def left_right_token_ids(tokenizer) -> tuple[int, int]:
 
 class _ShapesTransform:
     """Shapes row -> batch element. A flipped image gets "left" and "right" swapped in its token ids so that the
-    caption stays true (both are single tokens, so spans and token masks are unchanged)."""
+    caption stays true (both are single tokens, so spans and token masks are unchanged).
+
+    `rng` (from `random_map`, after the flip draw) draws the objects that `caption_object_dropout` leaves out."""
 
     def __init__(self, cfg, tokenizer):
         self.cfg, self.encode = cfg, CaptionTokenizer(tokenizer, cfg.max_length)
         self.swap = left_right_token_ids(tokenizer) if cfg.random_flip else None
         self.extras = _ExtraCaptions(cfg, self.swap)
+        self.opts = knowledge_options(cfg)
+        if cfg.with_regions and self.opts["key_words"] == "spacy":
+            knowledge.spacy_pipeline()  # fail at loader creation when spaCy or its model is missing
 
-    def __call__(self, record: dict, flip: bool) -> dict:
-        cfg = self.cfg
+    def _drop_objects(self, graph: dict, n: int, rng):
+        """The short caption of the objects that survive `caption_object_dropout`: (text, key spans, object spans
+        with [0, 0] for the left-out objects)."""
+        if rng is None:
+            raise ValueError("caption_object_dropout needs the random_map rng (make_loader passes it)")
+        keep = rng.random(n) >= self.opts["caption_object_dropout"]
+        if not keep.any():
+            keep[int(rng.integers(n))] = True
+        scene = shapes.Scene.from_graph(graph)
+        kept = [i for i in range(n) if keep[i]]
+        built = shapes.short_caption(shapes.Scene(scene.resolution, tuple(scene.objects[i] for i in kept), ()))
+        spans = built.spans(len(kept))
+        objects = [[0, 0] for _ in range(n)]
+        for j, i in enumerate(kept):
+            objects[i] = spans["objects"][j]
+        return built.text, spans["key"], objects
+
+    def __call__(self, record: dict, flip: bool, rng=None) -> dict:
+        cfg, opts = self.cfg, self.opts
         caption = _text(record[cfg.caption])
+        n = int(record["num_objects"])
+        completing, dropping = opts["complete_captions"], opts["caption_object_dropout"] > 0
+        key_spans, object_spans, appended_keys = None, None, []
+        if cfg.with_regions or completing or dropping:
+            graph = json.loads(_text(record["scene_graph"]))
+            spans = graph["spans"][cfg.caption]
+            key_spans, object_spans = spans["key"], [list(s) for s in spans["objects"][:n]]
+            if dropping:
+                caption, key_spans, object_spans = self._drop_objects(graph, n, rng)
+            if completing:
+                labels = [f"{o['colour']} {o['shape']}" for o in graph["objects"][:n]]
+                caption, appended = knowledge.complete_caption(caption, labels)
+                for span in appended:  # "<colour> <shape>": two key words
+                    appended_keys += [[s, e, kind] for (s, e), kind in
+                                      zip(knowledge.word_spans(caption, span), ("colour", "shape"))]
+                for i, label in enumerate(labels):
+                    if object_spans[i][1] <= object_spans[i][0]:
+                        found = knowledge.find_phrase(caption, label)
+                        object_spans[i] = list(found) if found else [0, 0]
         tok = self.encode(caption, return_offsets=cfg.with_regions)
         image = record["image"][:, ::-1] if flip else record["image"]
         input_ids = tok["input_ids"]
@@ -157,35 +248,81 @@ class _ShapesTransform:
             **self.extras(lambda kind: _text(record[kind]), flip),
         }
         if cfg.with_regions:
-            spans = json.loads(_text(record["scene_graph"]))["spans"][cfg.caption]
             offsets = tok["offsets"]
-            n = int(record["num_objects"])
             object_tokens = np.zeros((shapes.MAX_OBJECTS, cfg.max_length), np.float32)
-            for i, span in enumerate(spans["objects"][:n]):
+            for i, span in enumerate(object_spans):
                 object_tokens[i] = spans_to_token_mask(offsets, [span])
+            key_spans = knowledge.key_spans(caption, opts["key_words"], key_spans) + appended_keys
             masks, boxes = record["masks"], record["boxes"]
             out.update({
                 "boxes": preprocess.flip_boxes(boxes) if flip else boxes.astype(np.float32),
                 "masks": (masks[:, :, ::-1] if flip else masks).astype(np.float32),
                 "object_valid": (np.arange(shapes.MAX_OBJECTS) < n).astype(np.float32),
-                "key_token_mask": spans_to_token_mask(offsets, spans["key"]),
+                "key_token_mask": spans_to_token_mask(offsets, key_spans),
                 "object_token_mask": object_tokens,
             })
         return out
 
 
+def crop_boxes(boxes: np.ndarray, height: int, width: int, resolution: int) -> np.ndarray:
+    """Normalised (N, 4) boxes of a (height, width) image -> normalised boxes in its
+    `preprocess.preprocess_image` view (shorter side resized to `resolution`, centre crop), clipped to [0, 1]."""
+    if min(height, width) == resolution:
+        new_w, new_h = width, height
+    else:
+        scale = resolution / min(height, width)
+        new_w, new_h = max(resolution, round(width * scale)), max(resolution, round(height * scale))
+    left, top = (new_w - resolution) // 2, (new_h - resolution) // 2
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    x = (boxes[:, 0::2] * new_w - left) / resolution
+    y = (boxes[:, 1::2] * new_h - top) / resolution
+    return np.clip(np.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], axis=-1), 0.0, 1.0).astype(np.float32)
+
+
 class _FolderTransform:
+    """Image-folder row -> batch element; with `with_regions` and a key-word provider other than "annotations",
+    or with `complete_captions`, also the row's objects (metadata "objects", else the detector)."""
+
     def __init__(self, cfg, tokenizer):
         self.cfg, self.encode = cfg, CaptionTokenizer(tokenizer, cfg.max_length)
         self.extras = _ExtraCaptions(cfg, None)
+        self.opts = knowledge_options(cfg)
+        self.regions = bool(cfg.with_regions) and self.opts["key_words"] != "annotations"
+        if cfg.with_regions and not self.regions:
+            logger.warning("image_text_folder: with_regions gives no region fields with key_words='annotations' "
+                           "(folders have no key-word annotations); set key_words='heuristic' or 'spacy'")
+        if self.regions and self.opts["key_words"] == "spacy":
+            knowledge.spacy_pipeline()  # fail at loader creation when spaCy or its model is missing
+        self.detector = knowledge.load_detector(self.opts["detector"]) if self.opts["detector"] else None
 
-    def __call__(self, record: dict, flip: bool) -> dict:
-        cfg = self.cfg
+    def objects(self, fields: dict, image: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        """The row's objects as (label, box in the preprocessed image's frame), at most MAX_OBJECTS, in order:
+        the metadata "objects" when the row has that field, else the detector's, else none; objects that the
+        centre crop cuts away are dropped."""
+        if "objects" in fields:
+            found = knowledge.parse_objects(fields["objects"], f"metadata 'objects' of {fields.get('file_name')!r}")
+        elif self.detector is not None:
+            found = knowledge.parse_objects(self.detector(image), f"data.detector {self.opts['detector']!r} output")
+        else:
+            return []
+        if not found:
+            return []
+        boxes = crop_boxes(np.stack([b for _, b in found]), image.shape[0], image.shape[1], int(self.cfg.resolution))
+        inside = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        return [(label, box) for (label, _), box, ok in zip(found, boxes, inside) if ok][:shapes.MAX_OBJECTS]
+
+    def __call__(self, record: dict, flip: bool, rng=None) -> dict:
+        cfg, opts = self.cfg, self.opts
         fields = json.loads(_text(record["fields"]))
         caption = folder_caption(fields, cfg.caption)
-        tok = self.encode(caption)
         image = preprocess.decode_image(record["image_bytes"])
-        return {
+        objects, appended = [], []
+        if self.regions or opts["complete_captions"]:
+            objects = self.objects(fields, image)
+            if opts["complete_captions"]:
+                caption, appended = knowledge.complete_caption(caption, [label for label, _ in objects])
+        tok = self.encode(caption, return_offsets=self.regions)
+        out = {
             "image": preprocess.preprocess_image(image, int(cfg.resolution), flip=flip),
             "input_ids": tok["input_ids"],
             "attention_mask": tok["attention_mask"],
@@ -193,6 +330,28 @@ class _FolderTransform:
             "index": np.int32(record["index"]),
             **self.extras(lambda kind: folder_caption(fields, kind), flip),
         }
+        if self.regions:
+            offsets, res = tok["offsets"], int(cfg.resolution)
+            boxes = np.zeros((shapes.MAX_OBJECTS, 4), np.float32)
+            object_tokens = np.zeros((shapes.MAX_OBJECTS, cfg.max_length), np.float32)
+            for i, (label, box) in enumerate(objects):
+                boxes[i] = box
+                found = knowledge.find_phrase(caption, label)
+                if found is not None:
+                    object_tokens[i] = spans_to_token_mask(offsets, [found])
+            masks = knowledge.rasterise_boxes(boxes, res)
+            valid = (np.arange(shapes.MAX_OBJECTS) < len(objects)).astype(np.float32)
+            masks *= valid[:, None, None]
+            key = knowledge.key_spans(caption, opts["key_words"])
+            key += [[s, e, "word"] for span in appended for s, e in knowledge.word_spans(caption, span)]
+            out.update({
+                "boxes": preprocess.flip_boxes(boxes) if flip else boxes,
+                "masks": np.ascontiguousarray(masks[:, :, ::-1]) if flip else masks,
+                "object_valid": valid,
+                "key_token_mask": spans_to_token_mask(offsets, key),
+                "object_token_mask": object_tokens,
+            })
+        return out
 
 
 class _Source:
@@ -286,8 +445,10 @@ def make_loader(data_config, *, split: str, batch_size: int, seed: int, shard_in
     if shuffle:
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat(num_epochs)
-    if cfg.random_flip:
-        ds = ds.random_map(lambda r, rng: transform(r, bool(rng.integers(2))), seed=seed + 1)
+    flip = bool(cfg.random_flip)
+    if flip or knowledge_options(cfg)["caption_object_dropout"] > 0:
+        # The flip is drawn first: configs that only flip keep their exact batches.
+        ds = ds.random_map(lambda r, rng: transform(r, bool(rng.integers(2)) if flip else False, rng), seed=seed + 1)
     else:
         ds = ds.map(lambda r: transform(r, False))
     read_options = grain.ReadOptions(num_threads=int(cfg.read_threads),

@@ -8,7 +8,10 @@ encoded file bytes (image folders: decoded in the loader).
   t2ijax_image_text_folder  a folder of images plus `captions.jsonl` or
                             `metadata.jsonl` (Hugging Face ImageFolder / SURD
                             layout: `file_name`, `text`, optional extra fields
-                            such as `prompt`). Unreadable images are skipped,
+                            such as `prompt`; an optional `objects` list of
+                            {"label", "box": [x0, y0, x1, y1] normalised} is kept
+                            too: precomputed detections for ERNIE-ViLG 2.0 regions and
+                            caption completion). Unreadable images are skipped,
                             counted and reported in `ingest_report.json`.
 
 `prepare(data_config)` builds the dataset once (idempotent) and returns the builder.
@@ -26,7 +29,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from t2ijax.data import shapes
+from t2ijax.data import knowledge, shapes
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +105,8 @@ class FolderConfig(tfds.core.BuilderConfig):
 class T2ijaxImageTextFolder(_LocalBuilder):
     """Images plus a captions.jsonl / metadata.jsonl, stored as encoded bytes and all caption fields."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.1.0": "'fields' also keeps the metadata's 'objects' list (precomputed detections)."}
     BUILDER_CONFIGS = []
 
     def __init__(self, **kwargs):
@@ -117,7 +121,7 @@ class T2ijaxImageTextFolder(_LocalBuilder):
                 "image_bytes": tfds.features.Tensor(shape=(), dtype=np.object_),
                 "file_name": tfds.features.Text(),
                 "text": tfds.features.Text(),
-                "fields": tfds.features.Text(),  # JSON of every string field of the metadata record
+                "fields": tfds.features.Text(),  # JSON of every string field of the metadata record + "objects"
             }),
         )
 
@@ -139,7 +143,7 @@ class T2ijaxImageTextFolder(_LocalBuilder):
                 skipped.append({"file_name": record["file_name"], "error": f"{type(err).__name__}: {err}"})
                 logger.warning("skipping unreadable image %s: %s", path, err)
                 continue
-            fields = {k: v for k, v in record.items() if isinstance(v, str)}
+            fields = {k: v for k, v in record.items() if isinstance(v, str) or k == "objects"}
             yield index, {
                 "index": index, "image_bytes": data, "file_name": record["file_name"],
                 "text": record.get("text", ""), "fields": json.dumps(fields, sort_keys=True),
@@ -190,6 +194,8 @@ def read_caption_records(directory: str) -> list[dict]:
                 raise ValueError(f"{path}:{line_no}: each record needs a 'file_name' field")
             if not isinstance(record.get("text", ""), str):
                 raise ValueError(f"{path}:{line_no}: 'text' must be a string")
+            if "objects" in record:
+                knowledge.parse_objects(record["objects"], f"{path}:{line_no}: 'objects'")
             records.append(record)
     return records
 

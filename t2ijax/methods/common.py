@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from t2ijax import diffusion
+from t2ijax.methods import knowledge, paint_with_words
+from t2ijax.models.attention import combine_edits
 from t2ijax.train.sampling import initial_noise, sampling_settings
 
 
@@ -121,10 +123,14 @@ class MethodHooks:
 class DiffusionMethod(MethodHooks):
     """Set-up shared by the text-conditioned DDPM methods, from `config.data`, `config.model`, `config.sample`.
 
+    `supports_knowledge`: whether the method's loss applies config.model.knowledge (`knowledge`).
+
     config.model: schedule, prediction_type (default "epsilon"), caption_dropout (default 0.1),
     min_snr_gamma (optional). config.sample: num_steps, guidance_scale, clip_sample.
     Subclasses set `clip_sample` when their default differs (off for VAE latents).
     """
+
+    supports_knowledge = False
 
     def __init__(self, config):
         from t2ijax.data.tokenizer import load_tokenizer, tokenize
@@ -149,6 +155,14 @@ class DiffusionMethod(MethodHooks):
         # DDIM's x0 clipping (diffusers' clip_sample, on by default there) keeps an under-trained pixel-space
         # model's samples in [-1, 1]; VAE latents have no such range.
         self.clip_sample = bool(config.sample.get("clip_sample", True))
+        self.sampler_name = str(config.sample.get("sampler", "ddim"))
+        self.paint_settings = paint_with_words.PaintSettings.from_config(config.sample.get("paint"))
+        self.knowledge = knowledge.Knowledge.from_config(config.model.get("knowledge"))
+        if self.knowledge is not None:
+            if not self.supports_knowledge:
+                raise ValueError(f"config.model.knowledge: {type(self).__name__} does not train with ERNIE-ViLG 2.0 "
+                                 "knowledge (txt2img and experts do)")
+            self.knowledge.check_data(config.data)
 
     def tokens(self, prompts) -> tuple[jax.Array, jax.Array]:
         """(input_ids, attention_mask) (N, max_length) of `prompts`."""
@@ -161,6 +175,51 @@ class DiffusionMethod(MethodHooks):
         """(B,) bool: which captions caption dropout replaces by the empty one."""
         return jax.random.bernoulli(key, self.caption_dropout, (batch_size,))
 
+    # ---------------------------------------------------------------- cross-attention control
+
+    def attention_control(self, cond, level, hw):
+        """(context, attention_bias_fn) of a conditioning: the plain context array, or a dict with "context"
+        and the optional controls "paint" (B, H, W, L) paint-with-words matrices (`paint_with_words`), "sigma"
+        (the noise level paint weights use; default: the DDPM sigma of timestep `level`) and "key_tokens"
+        (B, L) ERNIE key-token emphasis (`knowledge`); `hw` is the U-Net input's spatial size."""
+        if not isinstance(cond, dict):
+            return cond, None
+        fns = []
+        if "paint" in cond:
+            sigma = cond["sigma"] if "sigma" in cond else paint_with_words.ddpm_sigma(self.schedule, level)
+            fns.append(paint_with_words.bias_fn(cond["paint"], sigma, self.paint_settings, hw))
+        if "key_tokens" in cond:
+            if self.knowledge is None:
+                raise ValueError("key_tokens in the conditioning but config.model.knowledge is not set")
+            fns.append(self.knowledge.key_token_fn(cond["key_tokens"]))
+        if not fns:
+            return cond["context"], None
+        return cond["context"], lambda lq, lk: combine_edits(*(f(lq, lk) for f in fns))
+
+    def paint_cond(self, cond, uncond, prompts, paint, paint_scale: float = 1.0):
+        """Add paint-with-words matrices to `cond` (zeros to `uncond`: its branch stays unbiased); `paint` is
+        one `paint_with_words.Paint` (or None) per prompt, `paint_scale` the global weight w'."""
+        from t2ijax.data.tokenizer import CaptionTokenizer
+
+        matrix = paint_with_words.prompt_matrices(list(paint), list(prompts), CaptionTokenizer(self.tokenizer,
+                                                                                            self.max_length),
+                                                  paint_scale)
+        def add(c, a):
+            c = dict(c) if isinstance(c, dict) else {"context": c}
+            return {**c, "paint": jnp.asarray(a)}
+        return add(cond, matrix), add(uncond, np.zeros_like(matrix))
+
+    def make_sampler(self):
+        """The sampler `config.sample.sampler` names on this method's DDPM schedule: "ddim" (trailing spacing,
+        `clip_sample` from config), "euler", "heun" or "dpm" (diffusers' defaults)."""
+        if self.sampler_name == "ddim":
+            return diffusion.DDIM(schedule=self.schedule, prediction_type=self.prediction_type,
+                                  timestep_spacing="trailing", clip_sample=self.clip_sample)
+        classes = {"euler": diffusion.Euler, "heun": diffusion.Heun, "dpm": diffusion.DPMSolverPlusPlus}
+        if self.sampler_name not in classes:
+            raise ValueError(f"config.sample.sampler {self.sampler_name!r}; choose ddim, euler, heun or dpm")
+        return classes[self.sampler_name](schedule=self.schedule, prediction_type=self.prediction_type)
+
     def denoising_loss(self, denoise, x0, t_key, noise_key, weight_map=None):
         """`denoising_loss` under this method's schedule, prediction type and min-SNR setting."""
         return denoising_loss(denoise, x0, t_key, noise_key, self.schedule, self.prediction_type,
@@ -168,15 +227,14 @@ class DiffusionMethod(MethodHooks):
 
     def sample_images(self, denoise, params, cond, uncond, shape, *, seeds=None, rng=None, num_steps=None,
                       guidance_scale=None, decode=None, sampler=None, expert_table=None) -> np.ndarray:
-        """uint8 images: deterministic DDIM (trailing spacing) with classifier-free guidance of `cond` against
-        `uncond`, from the initial noise of `seeds` (one per image) or `rng` (`initial_noise`), `shape` the
-        per-image (H, W, C) the denoiser works in; `decode` maps its x0 to pixels (e.g. a VAE decoder).
-        Steps and guidance default to config.sample (`sampling.sampling_settings`). `sampler` replaces the DDIM;
-        `expert_table(plan)` gives the per-evaluation expert table when `params` are experts."""
+        """uint8 images: the sampler of `make_sampler` (config.sample.sampler, DDIM by default) with
+        classifier-free guidance of `cond` against `uncond`, from the initial noise of `seeds` (one per image)
+        or `rng` (`initial_noise`), `shape` the per-image (H, W, C) the denoiser works in; `decode` maps its
+        x0 to pixels (e.g. a VAE decoder). Steps and guidance default to config.sample
+        (`sampling.sampling_settings`). `sampler` replaces `make_sampler`'s; `expert_table(plan)` gives the per-evaluation expert table when `params` are experts."""
         settings = sampling_settings(self, num_steps, guidance_scale)
         if sampler is None:
-            sampler = diffusion.DDIM(schedule=self.schedule, prediction_type=self.prediction_type,
-                                     timestep_spacing="trailing", clip_sample=self.clip_sample)
+            sampler = self.make_sampler()
         steps = int(settings["num_steps"])
         table = None
         if expert_table is not None:

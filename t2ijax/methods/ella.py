@@ -230,9 +230,15 @@ class ELLAMethod(DiffusionMethod):
                             self._tsc_mask(cond["mask"]))
 
     def sample(self, params, frozen, prompts, rng=None, *, seeds=None, num_steps: int | None = None,
-               guidance_scale: float | None = None) -> np.ndarray:
+               guidance_scale: float | None = None, paint=None, paint_scale: float = 1.0) -> np.ndarray:
         """uint8 images (N, H, W, 3) with deterministic DDIM and CFG against the TSC of T5("");
-        image i's initial noise from `seeds[i]`, or all from one key `rng`."""
+        image i's initial noise from `seeds[i]`, or all from one key `rng`. Paint-with-words is refused: the
+        U-Net's cross-attention keys are the connector's learnt latent queries, each a mixture of every prompt
+        token, so a phrase owns no key column to paint."""
+        if paint is not None:
+            raise ValueError("paint-with-words is not available with ELLA: the cross-attention keys are the TSC "
+                             f"connector's {self.tsc.num_latents} latent queries, each mixing every prompt token, "
+                             "so a phrase has no key columns to paint; paint a model conditioned on text tokens (txt2img, experts)")
         ids, mask = self.tokens(prompts)
         cond = {"features": jax.jit(self.encode_text)(frozen["text_encoder"], ids, mask), "mask": mask}
         uncond = {"features": jnp.broadcast_to(frozen["empty_features"][None], cond["features"].shape),

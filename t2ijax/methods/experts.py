@@ -87,7 +87,10 @@ class TextConditioner:
         ids = jnp.where(drop, jnp.asarray(m.empty_ids)[None], batch["input_ids"])
         mask = jnp.where(drop, jnp.asarray(m.empty_mask)[None], batch["attention_mask"])
         context = m.encode_text(params["text_encoder"], ids, mask)
-        return {"context": context if m.train_text_encoder else jax.lax.stop_gradient(context)}
+        cond = {"context": context if m.train_text_encoder else jax.lax.stop_gradient(context)}
+        if m.knowledge is not None and m.knowledge.key_tokens:
+            cond["key_tokens"] = m.knowledge.key_token_weights(batch, jax.random.fold_in(key, 1), ~drop[:, 0])
+        return cond
 
     def prompt_cond(self, params, frozen, prompts, **unused) -> tuple[dict, dict]:
         m = self.method
@@ -155,12 +158,16 @@ class ExpertsMethod(Txt2ImgMethod):
         self.train_text_encoder = bool(field(m, "train_text_encoder", True))
         self.seed = int(config.seed)
         sampler = str(config.sample.get("sampler", "ddim" if self.formulation == "ddpm" else "heun"))
-        allowed = ("ddim",) if self.formulation == "ddpm" else EDM_SAMPLERS
+        allowed = ("ddim", "euler", "heun", "dpm") if self.formulation == "ddpm" else EDM_SAMPLERS
         if sampler not in allowed:
             raise ValueError(f"sample.sampler={sampler!r} for formulation {self.formulation!r}; choose {allowed}")
         self.sampler_name = sampler
         self.stacked_unet = stack_experts(self.unet, self.num_experts)
         self.conditioner = self.make_conditioner(config)
+        if self.knowledge is not None and self.knowledge.key_tokens and not isinstance(self.conditioner,
+                                                                                       TextConditioner):
+            raise ValueError("model.knowledge.key_tokens needs model.conditioning='text' (the multi-encoder context "
+                             "is not the caption's tokens); set model.knowledge.key_tokens=False")
         for hook in ("wrap_loader", "prepare"):  # e.g. cached encoder features of the multi-encoder conditioning
             if callable(getattr(self.conditioner, hook, None)):
                 setattr(self, hook, getattr(self.conditioner, hook))
@@ -197,12 +204,15 @@ class ExpertsMethod(Txt2ImgMethod):
         if "low_res" in cond:
             x = jnp.concatenate([x, cond["low_res"].astype(x.dtype)], axis=-1)
         kwargs = {"class_labels": cond["class_labels"]} if "class_labels" in cond else {}
-        return self.unet.apply({"params": unet_params}, x, t, cond["context"], **kwargs)
+        context, bias_fn = self.attention_control(cond, t, x.shape[1:3])
+        return self.unet.apply({"params": unet_params}, x, t, context, attention_bias_fn=bias_fn, **kwargs)
 
     def denoiser(self, unet_params, x, level, cond):
         """One expert's model output at noise level `level`: D(x; sigma) (edm) or the `prediction_type`
         output at timestep t (ddpm)."""
         if self.formulation == "edm":
+            if "paint" in cond:  # the network sees c_noise; paint weights need sigma itself
+                cond = {**cond, "sigma": jnp.broadcast_to(jnp.asarray(level, jnp.float32), x.shape[:1])}
             return diffusion.edm_precondition(self.network, self.edm.sigma_data)(unet_params, x, level, cond)
         return self.network(unet_params, x, level, cond)
 
@@ -270,6 +280,8 @@ class ExpertsMethod(Txt2ImgMethod):
         b = x0.shape[0]
         cond = self.conditioner.train_cond(params, frozen, batch, cond_key)
         weight_map = batch.get("loss_weight")
+        if weight_map is None and self.knowledge is not None:
+            weight_map = self.knowledge.region_weights(batch, jax.random.fold_in(rng, 7), x0.shape[1:3])
         if self.mode != "vmap":
             e = self.selected_expert(step)
             levels = self.partition.sample_levels(level_key, jnp.full((b,), e))
@@ -347,15 +359,21 @@ class ExpertsMethod(Txt2ImgMethod):
 
     def make_sampler(self):
         if self.formulation == "ddpm":
-            return diffusion.DDIM(schedule=self.schedule, prediction_type=self.prediction_type,
-                                  timestep_spacing="trailing", clip_sample=self.clip_sample)
+            return super().make_sampler()
         cls = {"heun": diffusion.Heun, "euler": diffusion.Euler, "dpm": diffusion.DPMSolverPlusPlus}[self.sampler_name]
         return cls(schedule=self.edm_schedule, prediction_type="sample")
 
     def sample(self, params, frozen, prompts, rng=None, *, seeds=None, num_steps: int | None = None,
-               guidance_scale: float | None = None, **cond_inputs) -> np.ndarray:
-        """uint8 images (N, H, W, 3); each sampler step runs only the expert its noise level belongs to."""
+               guidance_scale: float | None = None, paint=None, paint_scale: float = 1.0,
+               **cond_inputs) -> np.ndarray:
+        """uint8 images (N, H, W, 3); each sampler step runs only the expert its noise level belongs to.
+        `paint`: one `paint_with_words.Paint` (or None) per prompt, `paint_scale` its weight w'."""
         cond, uncond = self.conditioner.prompt_cond(params, frozen, prompts, **cond_inputs)
+        if paint is not None:
+            if not isinstance(self.conditioner, TextConditioner):
+                raise ValueError("paint-with-words needs the text conditioning (model.conditioning='text'): the "
+                                 "multi-encoder context mixes two token sequences and a null token")
+            cond, uncond = self.paint_cond(cond, uncond, prompts, paint, paint_scale)
         return self.sample_images(self.denoiser, params["unet"], cond, uncond,
                                   (self.sample_size, self.sample_size, self.channels), seeds=seeds, rng=rng,
                                   num_steps=num_steps, guidance_scale=guidance_scale, decode=self.to_pixels(frozen),

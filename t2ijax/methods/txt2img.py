@@ -17,7 +17,9 @@ config.model:
   prediction_type      "epsilon" | "v_prediction" | "sample"
   schedule             {num_train_timesteps, beta_start, beta_end, beta_schedule}
   min_snr_gamma        optional min-SNR-gamma loss weighting (`t2ijax.methods.common.denoising_loss`)
-config.sample: {num_steps, guidance_scale, clip_sample (default on)}
+  knowledge            optional ERNIE-ViLG 2.0 knowledge-enhanced training (`t2ijax.methods.knowledge`)
+config.sample: {num_steps, guidance_scale, clip_sample (default on), sampler ("ddim" | "euler" | "heun" |
+  "dpm"), paint (paint-with-words settings, `t2ijax.methods.paint_with_words.PaintSettings`)}
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from t2ijax.methods.common import DiffusionMethod
 
 class Txt2ImgMethod(DiffusionMethod):
     """Method interface (t2ijax.train.method); trainable params {"unet": ..., "text_encoder": ...}."""
+
+    supports_knowledge = True
 
     def __init__(self, config):
         from t2ijax.models.text.clip import CLIPTextConfig, CLIPTextModel
@@ -97,24 +101,34 @@ class Txt2ImgMethod(DiffusionMethod):
         ids = jnp.where(drop, jnp.asarray(self.empty_ids)[None], batch["input_ids"])
         mask = jnp.where(drop, jnp.asarray(self.empty_mask)[None], batch["attention_mask"])
         context = self.encode_text(params["text_encoder"], ids, mask)
-        loss = self.denoising_loss(lambda x_t, t: self._denoise(params["unet"], x_t, t, context),
-                                   x0, t_key, noise_key)
+        cond, weight_map = context, None
+        if self.knowledge is not None:  # ERNIE-ViLG 2.0 knowledge: its own key, the other draws unchanged
+            key_tokens, weight_map = self.knowledge.training_inputs(batch, jax.random.fold_in(rng, 7), ~drop[:, 0],
+                                                                     x0.shape[1:3])
+            if key_tokens is not None:
+                cond = {"context": context, "key_tokens": key_tokens}
+        loss = self.denoising_loss(lambda x_t, t: self._denoise(params["unet"], x_t, t, cond),
+                                   x0, t_key, noise_key, weight_map=weight_map)
         return loss, {"caption_dropout_frac": jnp.mean(drop.astype(jnp.float32))}
 
     # ---------------------------------------------------------------- sampling
 
-    def _denoise(self, unet_params, x, t, context):
-        return self.unet.apply({"params": unet_params}, x, t, context)
+    def _denoise(self, unet_params, x, t, cond):
+        context, bias_fn = self.attention_control(cond, t, x.shape[1:3])
+        return self.unet.apply({"params": unet_params}, x, t, context, attention_bias_fn=bias_fn)
 
     def sample(self, params, frozen, prompts, rng=None, *, seeds=None, num_steps: int | None = None,
-               guidance_scale: float | None = None) -> np.ndarray:
-        """uint8 images (N, H, W, 3) for `prompts` with deterministic DDIM and classifier-free guidance
-        against the empty caption; image i's initial noise from `seeds[i]`, or all from one key `rng`."""
+               guidance_scale: float | None = None, paint=None, paint_scale: float = 1.0) -> np.ndarray:
+        """uint8 images (N, H, W, 3) for `prompts` with the config's sampler (DDIM by default) and
+        classifier-free guidance against the empty caption; image i's initial noise from `seeds[i]`, or all
+        from one key `rng`. `paint`: one `paint_with_words.Paint` (or None) per prompt, weight w' `paint_scale`."""
         ids, mask = self.tokens(prompts)
         n = len(prompts)
         cond = self.encode_text(params["text_encoder"], ids, mask)
         uncond = self.encode_text(params["text_encoder"], jnp.asarray(np.repeat(self.empty_ids[None], n, 0)),
                                   jnp.asarray(np.repeat(self.empty_mask[None], n, 0)))
+        if paint is not None:
+            cond, uncond = self.paint_cond(cond, uncond, prompts, paint, paint_scale)
         return self.sample_images(self._denoise, params["unet"], cond, uncond, (self.resolution, self.resolution, 3),
                                   seeds=seeds, rng=rng, num_steps=num_steps, guidance_scale=guidance_scale)
 

@@ -222,3 +222,67 @@ def attention(q, k, v, *, bias=None, mask=None, causal: bool = False, scale: flo
         bias = jnp.maximum(jnp.asarray(bias, jnp.float32), MASK_VALUE)
     mask = _combine_masks(mask, causal, q.shape[1], k.shape[1])
     return _IMPLS[impl or attention_impl()](q, k, v, bias, mask, scale)
+
+
+class AttentionEdit:
+    """What a cross-attention `bias_fn` may return instead of a plain additive bias, for controls that need
+    the raw scores or act after the softmax (paint-with-words, ERNIE-ViLG 2.0's key-token emphasis).
+
+    bias:         additive logits after the 1/sqrt(d) scale, broadcastable to (B, H, Lq, Lk)
+    score_bias:   f(S) -> additive logits, from the raw scores S = QK^T (B, H, Lq, Lk) float32; added
+                  before the 1/sqrt(d) scale (paint-with-words as the paper writes it) when
+                  `score_bias_before_scale`, else after
+    value_scale:  (B, Lk) factors on the value vectors: the post-softmax attention weight of key j is
+                  multiplied by value_scale[:, j] with no renormalisation (sum_j a_ij s_j v_j)
+    Every field is optional; edits combine with `combine_edits`.
+    """
+
+    def __init__(self, bias=None, score_bias: Callable | None = None, value_scale=None,
+                 score_bias_before_scale: bool = True):
+        self.bias, self.score_bias, self.value_scale = bias, score_bias, value_scale
+        self.score_bias_before_scale = score_bias_before_scale
+
+    def resolve(self, q, k, v, scale: float):
+        """(bias, v) for `attention`, q: (B, Lq, H, D), k, v: (B, Lk, H, D)."""
+        bias = None if self.bias is None else jnp.asarray(self.bias, jnp.float32)
+        if self.score_bias is not None:
+            scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+            extra = self.score_bias(scores) * (scale if self.score_bias_before_scale else 1.0)
+            bias = extra if bias is None else bias + extra
+        if self.value_scale is not None:
+            v = v * jnp.asarray(self.value_scale).astype(v.dtype)[:, :, None, None]
+        return bias, v
+
+
+def combine_edits(*edits):
+    """One `bias_fn` result from several (None, arrays or `AttentionEdit`s): biases add, value scales multiply."""
+    edits = [e for e in edits if e is not None]
+    if not edits:
+        return None
+    if len(edits) == 1:
+        return edits[0]
+    edits = [e if isinstance(e, AttentionEdit) else AttentionEdit(bias=e) for e in edits]
+    scored = [e for e in edits if e.score_bias is not None]
+
+    def add(values):
+        values = [x for x in values if x is not None]
+        return None if not values else sum(values[1:], values[0])
+
+    def score_bias(s):
+        return add([e.score_bias(s) for e in scored])
+
+    if len({e.score_bias_before_scale for e in scored}) > 1:
+        raise ValueError("combine_edits: score biases placed before and after the scale cannot be combined")
+    scales = [e.value_scale for e in edits if e.value_scale is not None]
+    return AttentionEdit(bias=add([e.bias for e in edits]), score_bias=score_bias if scored else None,
+                         value_scale=None if not scales else jnp.prod(jnp.stack(jnp.broadcast_arrays(*scales)), 0),
+                         score_bias_before_scale=scored[0].score_bias_before_scale if scored else True)
+
+
+def resolve_bias(bias_fn, q, k, v, scale: float):
+    """(bias, v) from a cross-attention `bias_fn(Lq, Lk)` that returns None, an additive bias or an
+    `AttentionEdit`."""
+    edit = bias_fn(q.shape[1], k.shape[1]) if bias_fn is not None else None
+    if isinstance(edit, AttentionEdit):
+        return edit.resolve(q, k, v, scale)
+    return edit, v

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from t2ijax.models.attention import attention
+from t2ijax.models.attention import AttentionEdit, attention
 from t2ijax.models.layers import Dense, GroupNorm
 from t2ijax.models.resnet import ResnetBlock2D
 from t2ijax.models.transformer_2d import BiasFn
@@ -63,6 +63,9 @@ class AddedKVAttention(nn.Module):
         v = split_heads(proj("add_v_proj")(context))
         lq, lc = h * w, context.shape[1]
         bias = bias_fn(lq, lc) if bias_fn is not None else None
+        if isinstance(bias, AttentionEdit):
+            raise ValueError("the unCLIP decoder's joint self/context attention takes additive biases only, not an "
+                             "AttentionEdit (paint-with-words and key-token emphasis need the SD-style U-Net)")
         if not self.only_cross_attention:
             k = jnp.concatenate([k, split_heads(proj("to_k")(hs))], axis=1)
             v = jnp.concatenate([v, split_heads(proj("to_v")(hs))], axis=1)

@@ -4,7 +4,8 @@ Module names mirror diffusers (`attn1`, `to_q`, `to_out.0`, `ff`, `net.0`, `proj
 `net.2`, `proj_in`, `transformer_blocks.0`, ...).
 
 Cross-attention bias hook: `bias_fn(query_length, key_length)` returns an additive
-attention-logit bias broadcastable to (B, heads, Lq, Lk), or None. The U-Net passes
+attention-logit bias broadcastable to (B, heads, Lq, Lk), an `attention.AttentionEdit`
+(score-dependent biases, post-softmax value scaling), or None. The U-Net passes
 the caller's `attention_bias_fn` to every layer that attends to the text context.
 """
 
@@ -15,7 +16,7 @@ from typing import Any, Callable, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
-from t2ijax.models.attention import attention
+from t2ijax.models.attention import attention, resolve_bias
 from t2ijax.models.layers import Dense, GroupNorm, LayerNorm
 from t2ijax.models.resnet import conv2d
 
@@ -58,7 +59,7 @@ class Attention(nn.Module):
         v = v.reshape(b, lk, self.heads, self.dim_head)
         if self.upcast_attention:
             q, k = q.astype(jnp.float32), k.astype(jnp.float32)
-        bias = bias_fn(lq, lk) if bias_fn is not None else None
+        bias, v = resolve_bias(bias_fn, q, k, v, self.dim_head ** -0.5)
         out = attention(q, k, v, bias=bias, scale=self.dim_head ** -0.5).astype(self.dtype)
         out = Dense(self.out_dim, ("heads", "embed"), use_bias=self.out_bias, dtype=self.dtype,
                     name="to_out.0")(out.reshape(b, lq, inner))

@@ -90,13 +90,15 @@ def sampling_settings(method, num_steps: int | None = None, guidance_scale: floa
 
 
 def make_sampler(method, params, frozen, *, num_steps: int | None = None, guidance_scale: float | None = None,
-                 unconditional: bool = False):
+                 unconditional: bool = False, paint=None, paint_scale: float = 1.0):
     """``sampler(prompts, seeds) -> uint8 images (N, H, W, 3)``, image i from seed i (`initial_noise`).
 
     The one adaptor from ``method.sample`` to the form `t2ijax.eval.evaluate` and ``t2ijax sample`` call.
     `unconditional`: the empty caption (the caption-dropout null input) for every prompt and guidance 1,
     so classifier-free guidance reduces to the empty-caption prediction; the seeds, hence the initial
     noise, stay those of the prompts. ``sampler.settings`` holds the settings, for reports.
+    `paint`: one `t2ijax.methods.paint_with_words.Paint` for every prompt (paint-with-words, weight
+    `paint_scale`); the method must take ``paint=`` (txt2img, experts).
     """
     if not callable(getattr(method, "sample", None)):
         raise ValueError(f"{type(method).__name__} has no sample(params, frozen, prompts, seeds=...)")
@@ -109,9 +111,20 @@ def make_sampler(method, params, frozen, *, num_steps: int | None = None, guidan
         if len(seeds) != len(prompts):
             raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts: give one seed per image")
         text = [""] * len(prompts) if unconditional else prompts
-        return method.sample(params, frozen, text, seeds=seeds, num_steps=num_steps, guidance_scale=scale)
+        extra = {} if paint is None else {"paint": [paint] * len(prompts), "paint_scale": paint_scale}
+        return method.sample(params, frozen, text, seeds=seeds, num_steps=num_steps, guidance_scale=scale, **extra)
 
+    if paint is not None:
+        if unconditional:
+            raise ValueError("an unconditional sampler cannot paint: the empty caption has no phrases")
+        import inspect
+
+        if "paint" not in inspect.signature(method.sample).parameters:
+            raise ValueError(f"{type(method).__name__} does not support paint-with-words (txt2img and experts do)")
     sampler.settings = {**sampling_settings(method, num_steps, scale), "unconditional": unconditional}
+    if paint is not None:
+        sampler.settings["paint"] = {"phrases": list(paint.phrases), "strengths": list(paint.strengths),
+                                     "scale": paint_scale}
     return sampler
 
 
