@@ -296,6 +296,9 @@ def test_painted_sampling_with_zero_weight_is_unpainted_and_every_sampler_runs(t
     strong = method.sample(params, {}, prompts, seeds=[0, 1], num_steps=2, paint=paint, paint_scale=50.0)
     assert np.abs(strong[0].astype(int) - base[0]).max() > 0
     np.testing.assert_array_equal(strong[1], base[1])  # no paint for image 1
+    cond, uncond = method.paint_cond(jnp.zeros((2, method.max_length, 4)), jnp.zeros((2, method.max_length, 4)),
+                                     prompts, paint, 3.0)
+    assert not np.asarray(uncond["paint"]).any() and np.asarray(cond["paint"][0]).any()  # CFG's null: no paint
     for name in ("euler", "heun"):
         method.sampler_name = name
         try:
@@ -333,3 +336,13 @@ def test_cli_sample_paints_from_a_segmentation_image_and_rejects_bad_maps(tmp_pa
     assert ok.returncode == 0, ok.stderr[-2000:]
     record = json.load(open(tmp_path / "painted.json"))
     assert record["sampler"]["paint"] == {"phrases": ["red circle"], "strengths": [0.5], "scale": 2.0}
+
+
+def test_sd_sigma_switch_uses_stable_diffusions_schedule_whatever_the_model():
+    from t2ijax.diffusion import DiscreteSchedule
+
+    cosine = DiscreteSchedule(beta_schedule="squaredcos_cap_v2")
+    sd = DiscreteSchedule(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    t = jnp.array([100.0, 900.0])
+    np.testing.assert_allclose(pw.ddpm_sigma(cosine, t, pw.PaintSettings(sigma="sd")), sd.sigmas[[100, 900]], rtol=1e-6)
+    assert not np.allclose(pw.ddpm_sigma(cosine, t), sd.sigmas[[100, 900]])

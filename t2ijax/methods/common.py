@@ -186,7 +186,12 @@ class DiffusionMethod(MethodHooks):
             return cond, None
         fns = []
         if "paint" in cond:
-            sigma = cond["sigma"] if "sigma" in cond else paint_with_words.ddpm_sigma(self.schedule, level)
+            if "sigma" in cond:  # an EDM model's own sigma
+                if self.paint_settings.sigma != "model":
+                    raise ValueError("sample.paint.sigma='sd' applies to DDPM models; an EDM model paints with its sigma")
+                sigma = cond["sigma"]
+            else:
+                sigma = paint_with_words.ddpm_sigma(self.schedule, level, self.paint_settings)
             fns.append(paint_with_words.bias_fn(cond["paint"], sigma, self.paint_settings, hw))
         if "key_tokens" in cond:
             if self.knowledge is None:
@@ -231,7 +236,8 @@ class DiffusionMethod(MethodHooks):
         classifier-free guidance of `cond` against `uncond`, from the initial noise of `seeds` (one per image)
         or `rng` (`initial_noise`), `shape` the per-image (H, W, C) the denoiser works in; `decode` maps its
         x0 to pixels (e.g. a VAE decoder). Steps and guidance default to config.sample
-        (`sampling.sampling_settings`). `sampler` replaces `make_sampler`'s; `expert_table(plan)` gives the per-evaluation expert table when `params` are experts."""
+        (`sampling.sampling_settings`). `sampler` replaces `make_sampler`'s; `expert_table(plan)` gives the
+        per-evaluation expert table when `params` are experts."""
         settings = sampling_settings(self, num_steps, guidance_scale)
         if sampler is None:
             sampler = self.make_sampler()

@@ -20,7 +20,9 @@ max / std are taken over each image's scores (all heads, image tokens and text t
 samples one image at a time, so its "global" max over the batch is this per-image max; taking it over a batch
 would mix in the unconditional branch and the other images. sigma is the noise level of the evaluation: EDM's
 sigma, or for a DDPM model the k-diffusion sigma sqrt((1 - alpha_bar_t) / alpha_bar_t) of its timestep (the
-community code's LMS sigmas). w' is the global `scale` (folded into A, so a sweep does not recompile).
+community code's LMS sigmas); `PaintSettings.sigma="sd"` takes instead the sigma of Stable Diffusion's
+scaled-linear schedule (beta 0.00085-0.012) at the same timestep, which is what the community code computes
+whatever the model (DDPM models only). w' is the global `scale` (folded into A, so a sweep does not recompile).
 
 Masks come from arrays or from a colour-coded segmentation image plus a ``{colour: "phrase,strength"}`` map,
 as users of the community implementation write it (`Paint.from_segmentation`); a phrase's columns are the
@@ -45,21 +47,28 @@ from t2ijax.models.attention import AttentionEdit
 WEIGHTS = ("community", "paper", "std")
 
 
+SIGMAS = ("model", "sd")
+
+
 @dataclasses.dataclass(frozen=True)
 class PaintSettings:
     weight: str = "community"
     before_scale: bool = True
+    sigma: str = "model"
 
     def __post_init__(self):
         if self.weight not in WEIGHTS:
             raise ValueError(f"paint weight {self.weight!r}; choose one of {WEIGHTS}")
+        if self.sigma not in SIGMAS:
+            raise ValueError(f"paint sigma {self.sigma!r}; choose one of {SIGMAS}")
 
     @classmethod
     def from_config(cls, cfg) -> "PaintSettings":
         cfg = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else (cfg or {}))
         unknown = set(cfg) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
-            raise ValueError(f"config.sample.paint has unknown fields {sorted(unknown)}; known: weight, before_scale")
+            raise ValueError(f"config.sample.paint has unknown fields {sorted(unknown)}; known: weight, "
+                             "before_scale, sigma")
         return cls(**cfg)
 
 
@@ -247,8 +256,14 @@ def bias_fn(matrix, sigma, settings: PaintSettings, model_hw: tuple[int, int]):
     return fn
 
 
-def ddpm_sigma(schedule, t):
-    """The k-diffusion sigma sqrt((1 - alpha_bar) / alpha_bar) at (possibly fractional) timesteps t."""
+def ddpm_sigma(schedule, t, settings: PaintSettings = PaintSettings()):
+    """The k-diffusion sigma sqrt((1 - alpha_bar) / alpha_bar) at (possibly fractional) timesteps t, of
+    `schedule` or (settings.sigma "sd") of Stable Diffusion's schedule."""
+    if settings.sigma == "sd":
+        from t2ijax.diffusion import DiscreteSchedule
+
+        schedule = DiscreteSchedule(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                    beta_schedule="scaled_linear")
     sigmas = jnp.asarray(schedule.sigmas, jnp.float32)
     return jnp.interp(jnp.asarray(t, jnp.float32), jnp.arange(sigmas.shape[0], dtype=jnp.float32), sigmas)
 
