@@ -10,6 +10,8 @@ Public API (imported lazily so that `import t2ijax.weights` stays cheap):
   load_ella(path, **overrides) -> (module, params)  ELLA's released TSC safetensors
   load_eclipse_prior(path) -> (module, params) ECLIPSE's released prior folder (diffusers PriorTransformer)
   save_eclipse_prior(module, params, path)     export to that layout
+  load_sur_adapter(path, reproduce_release=False, **overrides) -> (module, params)  SUR-adapter state dict
+  save_sur_adapter(module, params, path)       export to the released Adapter layout (+ eta/switch sidecar)
 """
 
 import importlib
@@ -20,6 +22,7 @@ _API = {
     "load_text_encoder": "hf", "load_clip": "hf", "save_text_encoder": "hf", "load_tokenizer": "hf",
     "load_ella": "ella", "save_ella": "ella",
     "load_eclipse_prior": "eclipse", "save_eclipse_prior": "eclipse",
+    "load_sur_adapter": "sur_adapter", "save_sur_adapter": "sur_adapter",
 }
 
 
