@@ -25,9 +25,11 @@ for split in validation:$N_VAL test:$N_TEST; do
         --num_prompts=${split##*:} --images_per_prompt=4 --out=$out
   done
 done
+# knowledge vs plain, then each component switched off vs full knowledge (and vs plain)
+PAIRS="full:plain no_key:full no_region:full no_completion:full no_key:plain no_region:plain no_completion:plain"
 for split in validation test; do
   args=""
-  for arm in full no_key no_region no_completion; do args="$args $R/eval_${arm}_$split $R/eval_plain_$split"; done
+  for pair in $PAIRS; do args="$args $R/eval_${pair%%:*}_$split $R/eval_${pair##*:}_$split"; done
   $PY experiments/eclipse_shapes/paired.py $args --json=$R/paired_$split.json
   $PY experiments/experts_shapes/fid.py --split=$split --clip=${CLIP:-runs/clip_shapes/export/clip} \
       $R/eval_plain_$split $R/eval_full_$split $R/eval_no_key_$split $R/eval_no_region_$split \

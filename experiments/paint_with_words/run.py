@@ -45,7 +45,7 @@ def layout(example, resolution: int):
     return Paint(phrases, np.stack(masks)), painted
 
 
-def load(workdir: str, sampler: str, steps: int | None):
+def load(workdir: str, sampler: str, steps: int | None, weight: str = "community", after: bool = False):
     import ml_collections
 
     from t2ijax.train.sampling import load_for_inference
@@ -53,6 +53,7 @@ def load(workdir: str, sampler: str, steps: int | None):
     with open(os.path.join(workdir, "config.json")) as f:
         config = ml_collections.ConfigDict(json.load(f))
     config.sample.sampler = sampler
+    config.sample.paint = {"weight": weight, "before_scale": not after}
     if steps:
         config.sample.num_steps = steps
     method, params, frozen, _ = load_for_inference(config, workdir)
@@ -67,8 +68,10 @@ def evaluate(setup: str, args) -> dict:
     name, spec = setup.split("=", 1)
     parts = spec.split(":")
     workdir, sampler = parts[0], parts[1]
-    steps = int(parts[2]) if len(parts) > 2 else None
-    method, params, frozen, config = load(workdir, sampler, steps)
+    steps = int(parts[2]) if len(parts) > 2 and parts[2] else None
+    weight = parts[3] if len(parts) > 3 else "community"
+    after = len(parts) > 4 and parts[4] == "after"
+    method, params, frozen, config = load(workdir, sampler, steps, weight, after)
     res, kind = int(config.data.resolution), config.data.caption
     examples = [shapes.make_example(int(config.data.seed), args.split, i, res) for i in range(args.num_prompts)]
     prompts = [ex.captions[kind] for ex in examples]

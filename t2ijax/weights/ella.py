@@ -22,47 +22,11 @@ from safetensors.numpy import save_file
 
 from t2ijax.models.ella import ELLA
 from t2ijax.models.layers import abstract_init
-from t2ijax.weights.torch_layout import (StateDict, WeightLoadError, params_to_state_dict, read_safetensors,
-                                         state_dict_to_params, torch_key_map)
+from t2ijax.weights.torch_layout import (StateDict, WeightLoadError, pack_in_proj, params_to_state_dict,
+                                         read_safetensors, split_in_proj, state_dict_to_params, torch_key_map)
 
 RELEASED_FILENAME = "ella-sd1.5-tsc-t5xl.safetensors"
-_PACKED = re.compile(r"^(.*\.attn)\.in_proj_(weight|bias)$")
 _BLOCK = re.compile(r"^connector\.perceiver_blocks\.(\d+)\.")
-
-
-def split_in_proj(sd: StateDict) -> StateDict:
-    """Split every packed `*.attn.in_proj_{weight,bias}` into `*.attn.{q,k,v}_proj.{weight,bias}`."""
-    out = {}
-    for key, value in sd.items():
-        m = _PACKED.match(key)
-        if not m:
-            out[key] = value
-            continue
-        prefix, kind = m.groups()
-        rows = value.shape[0]
-        if rows % 3 or (kind == "weight" and (value.ndim != 2 or value.shape[1] * 3 != rows)) or \
-                (kind == "bias" and value.ndim != 1):
-            raise WeightLoadError(f"{key} has shape {tuple(value.shape)}; a packed attention projection must be "
-                                  f"(3*d, d) for the weight or (3*d,) for the bias")
-        for name, part in zip(("q_proj", "k_proj", "v_proj"), np.split(value, 3, axis=0)):
-            out[f"{prefix}.{name}.{kind}"] = part
-    return out
-
-
-def pack_in_proj(sd: StateDict) -> StateDict:
-    """Inverse of `split_in_proj`: rows [q; k; v] into `*.attn.in_proj_{weight,bias}`."""
-    out = {}
-    for key, value in sd.items():
-        m = re.match(r"^(.*\.attn)\.(q|k|v)_proj\.(weight|bias)$", key)
-        if not m:
-            out[key] = value
-            continue
-        prefix, which, kind = m.groups()
-        if which != "q":
-            continue
-        parts = [sd[f"{prefix}.{n}_proj.{kind}"] for n in ("q", "k", "v")]
-        out[f"{prefix}.in_proj_{kind}"] = np.ascontiguousarray(np.concatenate(parts, axis=0))
-    return out
 
 
 def _shape(sd: StateDict, key: str):

@@ -38,6 +38,16 @@ from t2ijax.models.layers import abstract_init
 from t2ijax.models.sur_adapter import SURAdapter
 from t2ijax.weights.torch_layout import (StateDict, WeightLoadError, params_to_state_dict, read_safetensors,
                                          state_dict_to_params, torch_key_map)
+from t2ijax.weights.torch_layout import pack_in_proj as _pack
+from t2ijax.weights.torch_layout import split_in_proj as _split
+
+
+def split_in_proj(sd: StateDict) -> StateDict:
+    return _split(sd, "self_attn")
+
+
+def pack_in_proj(sd: StateDict) -> StateDict:
+    return _pack(sd, "self_attn")
 
 CONFIG_SUFFIX = ".sur_config.json"
 LLM_PROJECTION_SUFFIX = ".llm_resize.safetensors"
@@ -48,47 +58,11 @@ CONFIG_FIELDS = ("width", "depth", "heads", "ff_dim", "dropout_rate", "layer_nor
                  "attend_across_batch", "dropout_at_inference", "dead_params")
 DEAD_KEY_PREFIXES = ("encoder_layer.", "attention.value_layer.")
 
-_PACKED = re.compile(r"^(.*\.self_attn)\.in_proj_(weight|bias)$")
-_SPLIT = re.compile(r"^(.*\.self_attn)\.(q|k|v)_proj\.(weight|bias)$")
 _LAYER = re.compile(r"^transformer_encoder\.layers\.(\d+)\.")
 _PICKLED = (".pt", ".pth", ".bin", ".ckpt")
 CONVERT_HINT = ("t2ijax never unpickles checkpoints; convert it once in PyTorch with "
                 "`safetensors.torch.save_file(torch.load(p, weights_only=True), out)` "
                 "(out ending in .safetensors) and load that file")
-
-
-def split_in_proj(sd: StateDict) -> StateDict:
-    """Split every packed `*.self_attn.in_proj_{weight,bias}` into `*.self_attn.{q,k,v}_proj.{weight,bias}`."""
-    out = {}
-    for key, value in sd.items():
-        m = _PACKED.match(key)
-        if not m:
-            out[key] = value
-            continue
-        prefix, kind = m.groups()
-        rows = value.shape[0] if value.ndim else 0
-        if rows % 3 or (kind == "weight" and (value.ndim != 2 or value.shape[1] * 3 != rows)) or \
-                (kind == "bias" and value.ndim != 1):
-            raise WeightLoadError(f"{key} has shape {tuple(value.shape)}; a packed attention projection must be "
-                                  f"(3*d, d) for the weight or (3*d,) for the bias")
-        for name, part in zip(("q_proj", "k_proj", "v_proj"), np.split(value, 3, axis=0)):
-            out[f"{prefix}.{name}.{kind}"] = part
-    return out
-
-
-def pack_in_proj(sd: StateDict) -> StateDict:
-    """Inverse of `split_in_proj`: rows [q; k; v] into `*.self_attn.in_proj_{weight,bias}`."""
-    out = {}
-    for key, value in sd.items():
-        m = _SPLIT.match(key)
-        if not m:
-            out[key] = value
-            continue
-        prefix, which, kind = m.groups()
-        if which == "q":
-            parts = [sd[f"{prefix}.{n}_proj.{kind}"] for n in "qkv"]
-            out[f"{prefix}.in_proj_{kind}"] = np.ascontiguousarray(np.concatenate(parts, axis=0))
-    return out
 
 
 def infer_config(sd: StateDict) -> dict[str, Any]:

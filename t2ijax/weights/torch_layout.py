@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any, Callable, Iterable, Mapping
 
 import flax
@@ -230,3 +231,40 @@ def sharded_placer(shardings) -> Callable[[tuple, np.ndarray], Any]:
     """A `place` function putting each array straight onto its sharding (a pytree like the params)."""
     flat = _flat(shardings)
     return lambda path, a: jax.device_put(a, flat[path])
+
+
+def split_in_proj(sd: StateDict, attn: str = "attn") -> StateDict:
+    """Split every packed `*.<attn>.in_proj_{weight,bias}` (PyTorch nn.MultiheadAttention: rows [q; k; v]) into
+    `*.<attn>.{q,k,v}_proj.{weight,bias}`."""
+    packed = re.compile(rf"^(.*\.{re.escape(attn)})\.in_proj_(weight|bias)$")
+    out = {}
+    for key, value in sd.items():
+        m = packed.match(key)
+        if not m:
+            out[key] = value
+            continue
+        prefix, kind = m.groups()
+        rows = value.shape[0] if value.ndim else 0
+        if rows % 3 or (kind == "weight" and (value.ndim != 2 or value.shape[1] * 3 != rows)) or \
+                (kind == "bias" and value.ndim != 1):
+            raise WeightLoadError(f"{key} has shape {tuple(value.shape)}; a packed attention projection must be "
+                                  f"(3*d, d) for the weight or (3*d,) for the bias")
+        for name, part in zip(("q_proj", "k_proj", "v_proj"), np.split(value, 3, axis=0)):
+            out[f"{prefix}.{name}.{kind}"] = part
+    return out
+
+
+def pack_in_proj(sd: StateDict, attn: str = "attn") -> StateDict:
+    """Inverse of `split_in_proj`: rows [q; k; v] into `*.<attn>.in_proj_{weight,bias}`."""
+    split = re.compile(rf"^(.*\.{re.escape(attn)})\.(q|k|v)_proj\.(weight|bias)$")
+    out = {}
+    for key, value in sd.items():
+        m = split.match(key)
+        if not m:
+            out[key] = value
+            continue
+        prefix, which, kind = m.groups()
+        if which == "q":
+            parts = [sd[f"{prefix}.{n}_proj.{kind}"] for n in "qkv"]
+            out[f"{prefix}.in_proj_{kind}"] = np.ascontiguousarray(np.concatenate(parts, axis=0))
+    return out
