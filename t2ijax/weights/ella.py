@@ -23,7 +23,8 @@ from safetensors.numpy import save_file
 from t2ijax.models.ella import ELLA
 from t2ijax.models.layers import abstract_init
 from t2ijax.weights.torch_layout import (StateDict, WeightLoadError, pack_in_proj, params_to_state_dict,
-                                         read_safetensors, split_in_proj, state_dict_to_params, torch_key_map)
+                                         read_safetensors, resolve_safetensors, split_in_proj, state_dict_to_params,
+                                         torch_key_map)
 
 RELEASED_FILENAME = "ella-sd1.5-tsc-t5xl.safetensors"
 _BLOCK = re.compile(r"^connector\.perceiver_blocks\.(\d+)\.")
@@ -89,20 +90,7 @@ def ella_from_state_dict(sd: StateDict, *, param_dtype=jnp.float32, place: Calla
 
 
 def _resolve_file(path) -> str:
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        candidates = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
-        if RELEASED_FILENAME in candidates:
-            return os.path.join(path, RELEASED_FILENAME)
-        if len(candidates) == 1:
-            return os.path.join(path, candidates[0])
-        raise FileNotFoundError(f"{path} has {len(candidates)} .safetensors files {candidates}; pass the file path "
-                                f"(released name: {RELEASED_FILENAME})")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no ELLA checkpoint at {path!r} (t2ijax loads local files only)")
-    if not path.endswith(".safetensors"):
-        raise ValueError(f"{path!r} is not a .safetensors file; t2ijax never loads pickled checkpoints")
-    return path
+    return resolve_safetensors(path, "ELLA", preferred=RELEASED_FILENAME)
 
 
 def load_ella(path, *, param_dtype=jnp.float32, place: Callable | None = None,

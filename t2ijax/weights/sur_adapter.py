@@ -37,7 +37,7 @@ from safetensors.numpy import save_file
 from t2ijax.models.layers import abstract_init
 from t2ijax.models.sur_adapter import SURAdapter
 from t2ijax.weights.torch_layout import (StateDict, WeightLoadError, params_to_state_dict, read_safetensors,
-                                         state_dict_to_params, torch_key_map)
+                                         resolve_safetensors, state_dict_to_params, torch_key_map)
 from t2ijax.weights.torch_layout import pack_in_proj as _pack
 from t2ijax.weights.torch_layout import split_in_proj as _split
 
@@ -59,10 +59,6 @@ CONFIG_FIELDS = ("width", "depth", "heads", "ff_dim", "dropout_rate", "layer_nor
 DEAD_KEY_PREFIXES = ("encoder_layer.", "attention.value_layer.")
 
 _LAYER = re.compile(r"^transformer_encoder\.layers\.(\d+)\.")
-_PICKLED = (".pt", ".pth", ".bin", ".ckpt")
-CONVERT_HINT = ("t2ijax never unpickles checkpoints; convert it once in PyTorch with "
-                "`safetensors.torch.save_file(torch.load(p, weights_only=True), out)` "
-                "(out ending in .safetensors) and load that file")
 
 
 def infer_config(sd: StateDict) -> dict[str, Any]:
@@ -119,23 +115,7 @@ def _stem(file: str) -> str:
 
 
 def _resolve_file(path) -> str:
-    path = os.fspath(path)
-    if path.lower().endswith(_PICKLED):
-        raise ValueError(f"{path!r} is a pickled PyTorch checkpoint: {CONVERT_HINT}")
-    if os.path.isdir(path):
-        entries = os.listdir(path)
-        candidates = sorted(f for f in entries if f.endswith(".safetensors") and not f.endswith(LLM_PROJECTION_SUFFIX))
-        if len(candidates) == 1:
-            return os.path.join(path, candidates[0])
-        pickled = sorted(f for f in entries if f.lower().endswith(_PICKLED))
-        hint = f" Found pickled {pickled}: {CONVERT_HINT}." if pickled and not candidates else ""
-        raise FileNotFoundError(f"{path} has {len(candidates)} adapter .safetensors files {candidates}; pass the "
-                                f"file path.{hint}")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no SUR-adapter checkpoint at {path!r} (t2ijax loads local files only)")
-    if not path.endswith(".safetensors"):
-        raise ValueError(f"{path!r} is not a .safetensors file; {CONVERT_HINT}")
-    return path
+    return resolve_safetensors(path, "SUR-adapter", skip_suffix=LLM_PROJECTION_SUFFIX)
 
 
 def load_sur_adapter(path, *, reproduce_release: bool = False, param_dtype=jnp.float32,

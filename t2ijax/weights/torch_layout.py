@@ -268,3 +268,35 @@ def pack_in_proj(sd: StateDict, attn: str = "attn") -> StateDict:
             parts = [sd[f"{prefix}.{n}_proj.{kind}"] for n in "qkv"]
             out[f"{prefix}.in_proj_{kind}"] = np.ascontiguousarray(np.concatenate(parts, axis=0))
     return out
+
+
+PICKLED_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+CONVERT_HINT = ("t2ijax never unpickles checkpoints; convert it once in PyTorch with "
+                "`safetensors.torch.save_file(torch.load(p, weights_only=True), out)` "
+                "(out ending in .safetensors) and load that file")
+
+
+def resolve_safetensors(path, what: str, *, preferred: str | None = None, skip_suffix: str | None = None) -> str:
+    """The one .safetensors file a user's `path` names: the file itself, or the only one (or `preferred`) in a
+    folder (files ending in `skip_suffix` left out). Pickled checkpoints are refused with `CONVERT_HINT`."""
+    path = os.fspath(path)
+    if path.lower().endswith(PICKLED_SUFFIXES):
+        raise ValueError(f"{path!r} is a pickled PyTorch checkpoint: {CONVERT_HINT}")
+    if os.path.isdir(path):
+        entries = os.listdir(path)
+        candidates = sorted(f for f in entries if f.endswith(".safetensors")
+                            and not (skip_suffix and f.endswith(skip_suffix)))
+        if preferred in candidates:
+            return os.path.join(path, preferred)
+        if len(candidates) == 1:
+            return os.path.join(path, candidates[0])
+        pickled = sorted(f for f in entries if f.lower().endswith(PICKLED_SUFFIXES))
+        hint = f" Found pickled {pickled}: {CONVERT_HINT}." if pickled and not candidates else ""
+        named = f" (released name: {preferred})" if preferred else ""
+        raise FileNotFoundError(f"{path} has {len(candidates)} {what} .safetensors files {candidates}; pass the "
+                                f"file path{named}.{hint}")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no {what} checkpoint at {path!r} (t2ijax loads local files only)")
+    if not path.endswith(".safetensors"):
+        raise ValueError(f"{path!r} is not a .safetensors file; {CONVERT_HINT}")
+    return path
