@@ -162,9 +162,10 @@ def _cascade_workdir(config) -> str:
     return FLAGS.workdir or config.get("workdir") or "."
 
 
-def _sampler(config, workdir, random_init: bool):
-    """`t2ijax.train.sampling.make_sampler` over the loaded model: sampler(prompts, seeds) -> uint8 images."""
-    paint = _paint_kwargs()
+def _sampler(config, workdir, random_init: bool, paint: dict | None = None):
+    """`t2ijax.train.sampling.make_sampler` over the loaded model: sampler(prompts, seeds) -> uint8 images;
+    `paint`: `sample`'s paint-with-words inputs (`_paint_kwargs`)."""
+    paint = paint or {}
     if _is_cascade(config):
         if paint:
             _usage_error("--paint: paint-with-words is not available for a cascade; paint its base model")
@@ -209,7 +210,8 @@ def cmd_sample() -> str:
             check_phrases(paint["paint"], prompts)
         except ValueError as e:
             _usage_error(f"--paint_map: {e}")
-    sampler = _sampler(config, None if FLAGS.random_init or _is_cascade(config) else _workdir(), FLAGS.random_init)
+    sampler = _sampler(config, None if FLAGS.random_init or _is_cascade(config) else _workdir(), FLAGS.random_init,
+                       paint)
     seeds = [FLAGS.seed + i for i in range(len(prompts))]
     images = sampler(prompts, seeds)
     grid = _import("t2ijax.eval.grid", "sample")
@@ -263,6 +265,8 @@ def _print_eval(results: dict, out: str) -> None:
 
 def cmd_eval() -> dict:
     config = _config(required=False)
+    if FLAGS.paint or FLAGS.paint_map:
+        _usage_error("--paint / --paint_map apply to `t2ijax sample` (one layout for its prompts), not to `eval`")
     workdir = _cascade_workdir(config) if _is_cascade(config) else _workdir()
     evaluate_module = _import("t2ijax.eval.evaluate", "eval")
     vqa, dpg_csv = _dpg_inputs(evaluate_module)
