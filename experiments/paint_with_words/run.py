@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -45,6 +46,22 @@ def layout(example, resolution: int):
     return Paint(phrases, np.stack(masks)), painted
 
 
+def placement_hits(detections, painted, keys=("colour", "shape")) -> list[bool]:
+    """For the placement metric: for each painted object {"colour", "shape", "box" (x0, y0, x1, y1) pixels},
+    whether the nearest detection that matches it on `keys` has its centre inside the box (none: False)."""
+    hits = []
+    for obj in painted:
+        x0, y0, x1, y1 = obj["box"]
+        cands = [d for d in detections if all(getattr(d, k) == obj[k] for k in keys)]
+        if not cands:
+            hits.append(False)
+            continue
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        best = min(cands, key=lambda d: math.hypot(d.centre[0] - cx, d.centre[1] - cy))
+        hits.append(bool(x0 <= best.centre[0] <= x1 and y0 <= best.centre[1] <= y1))
+    return hits
+
+
 def load(workdir: str, sampler: str, steps: int | None, weight: str = "community", after: bool = False):
     import ml_collections
 
@@ -63,7 +80,6 @@ def load(workdir: str, sampler: str, steps: int | None, weight: str = "community
 def evaluate(setup: str, args) -> dict:
     from t2ijax.data import shapes
     from t2ijax.eval import judge
-    from t2ijax.methods.paint_with_words import placement_hits
 
     name, spec = setup.split("=", 1)
     parts = spec.split(":")

@@ -125,7 +125,8 @@ def key_spans(text: str, provider: str, annotated: Sequence | None = None) -> li
     raise ValueError(f"unknown key-word provider {provider!r}; expected one of {KEY_WORD_PROVIDERS}")
 
 
-def _phrase_pattern(phrase: str) -> re.Pattern | None:
+def phrase_pattern(phrase: str) -> re.Pattern | None:
+    """Case-insensitive, whole-word pattern of `phrase` (any whitespace run between its words); None if empty."""
     words = phrase.split()
     if not words:
         return None
@@ -135,7 +136,7 @@ def _phrase_pattern(phrase: str) -> re.Pattern | None:
 def find_phrase(text: str, phrase: str) -> tuple[int, int] | None:
     """(start, end) of the first case-insensitive, whole-word occurrence of `phrase` in `text` (any run of
     whitespace matches a space of the phrase), or None: "cat" is found in "a Cat." but not in "catalogue"."""
-    pattern = _phrase_pattern(phrase)
+    pattern = phrase_pattern(phrase)
     m = pattern.search(text) if pattern is not None else None
     return None if m is None else (m.start(), m.end())
 

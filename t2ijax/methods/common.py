@@ -96,6 +96,10 @@ def denoising_loss(denoise: Callable, x0, t_key, noise_key, schedule, prediction
 
 # ------------------------------------------------------------------------------------------- the method base
 
+# config.sample.sampler -> the samplers that take a DDPM or an EDM schedule
+SIGMA_SAMPLERS = {"euler": diffusion.Euler, "heun": diffusion.Heun, "dpm": diffusion.DPMSolverPlusPlus}
+
+
 class MethodHooks:
     """The method protocol's optional hooks (`t2ijax.train.method`); None = the method has none.
 
@@ -220,10 +224,9 @@ class DiffusionMethod(MethodHooks):
         if self.sampler_name == "ddim":
             return diffusion.DDIM(schedule=self.schedule, prediction_type=self.prediction_type,
                                   timestep_spacing="trailing", clip_sample=self.clip_sample)
-        classes = {"euler": diffusion.Euler, "heun": diffusion.Heun, "dpm": diffusion.DPMSolverPlusPlus}
-        if self.sampler_name not in classes:
+        if self.sampler_name not in SIGMA_SAMPLERS:
             raise ValueError(f"config.sample.sampler {self.sampler_name!r}; choose ddim, euler, heun or dpm")
-        return classes[self.sampler_name](schedule=self.schedule, prediction_type=self.prediction_type)
+        return SIGMA_SAMPLERS[self.sampler_name](schedule=self.schedule, prediction_type=self.prediction_type)
 
     def denoising_loss(self, denoise, x0, t_key, noise_key, weight_map=None):
         """`denoising_loss` under this method's schedule, prediction type and min-SNR setting."""

@@ -49,7 +49,7 @@ import numpy as np
 
 from t2ijax import diffusion
 from t2ijax.diffusion import experts as partitions
-from t2ijax.methods.common import EDMTraining, as_dict, denoising_loss, field
+from t2ijax.methods.common import SIGMA_SAMPLERS, EDMTraining, as_dict, denoising_loss, field
 from t2ijax.methods.txt2img import Txt2ImgMethod
 from t2ijax.models.experts import expert_params, num_stacked, stack_experts
 
@@ -360,8 +360,7 @@ class ExpertsMethod(Txt2ImgMethod):
     def make_sampler(self):
         if self.formulation == "ddpm":
             return super().make_sampler()
-        cls = {"heun": diffusion.Heun, "euler": diffusion.Euler, "dpm": diffusion.DPMSolverPlusPlus}[self.sampler_name]
-        return cls(schedule=self.edm_schedule, prediction_type="sample")
+        return SIGMA_SAMPLERS[self.sampler_name](schedule=self.edm_schedule, prediction_type="sample")
 
     def sample(self, params, frozen, prompts, rng=None, *, seeds=None, num_steps: int | None = None,
                guidance_scale: float | None = None, paint=None, paint_scale: float = 1.0,

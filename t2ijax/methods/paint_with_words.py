@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import re
 from typing import Sequence
 
@@ -164,8 +163,10 @@ def load_paint(mask_path: str, map_spec: str) -> Paint:
 def phrase_spans(prompt: str, phrase: str) -> list[list[int]]:
     """Character spans of every occurrence of `phrase` in `prompt` (case-insensitive, whole words); a
     ValueError when there is none."""
-    pattern = re.compile(r"(?<!\w)" + re.escape(phrase.strip()) + r"(?!\w)", re.IGNORECASE)
-    spans = [[m.start(), m.end()] for m in pattern.finditer(prompt)]
+    from t2ijax.data.knowledge import phrase_pattern
+
+    pattern = phrase_pattern(phrase)
+    spans = [[m.start(), m.end()] for m in pattern.finditer(prompt)] if pattern is not None else []
     if not spans:
         raise ValueError(f"paint: phrase {phrase!r} does not occur in the prompt {prompt!r}")
     return spans
@@ -266,19 +267,3 @@ def ddpm_sigma(schedule, t, settings: PaintSettings = PaintSettings()):
                                     beta_schedule="scaled_linear")
     sigmas = jnp.asarray(schedule.sigmas, jnp.float32)
     return jnp.interp(jnp.asarray(t, jnp.float32), jnp.arange(sigmas.shape[0], dtype=jnp.float32), sigmas)
-
-
-def placement_hits(detections, painted, keys=("colour", "shape")) -> list[bool]:
-    """For the placement metric: for each painted object {"colour", "shape", "box" (x0, y0, x1, y1) pixels},
-    whether the nearest detection that matches it on `keys` has its centre inside the box (none: False)."""
-    hits = []
-    for obj in painted:
-        x0, y0, x1, y1 = obj["box"]
-        cands = [d for d in detections if all(getattr(d, k) == obj[k] for k in keys)]
-        if not cands:
-            hits.append(False)
-            continue
-        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        best = min(cands, key=lambda d: math.hypot(d.centre[0] - cx, d.centre[1] - cy))
-        hits.append(bool(x0 <= best.centre[0] <= x1 and y0 <= best.centre[1] <= y1))
-    return hits
