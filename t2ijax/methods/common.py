@@ -367,6 +367,25 @@ def frozen_vae(path: str | None, config, dtype) -> FrozenModel | None:
                        lambda: ((jnp.zeros((1, size, size, vae.in_channels)),), {}))
 
 
+def frozen_denoiser(m, dtype, resolution: int, what: str):
+    """(U-Net, VAE or None, sample_size) of a method that trains against a frozen denoiser: the U-Net from
+    `model.unet_path` / `model.unet` (required) and the optional VAE from `model.vae_path` / `model.vae`
+    (`frozen_unet`, `frozen_vae`); checks the U-Net's input channels against the VAE's latents (or pixels)
+    and the resolution against the VAE's downsampling. sample_size is the U-Net's input size."""
+    unet = frozen_unet(field(m, "unet_path"), field(m, "unet"), dtype)
+    if unet is None:
+        raise ValueError(f"{what} needs model.unet_path (a diffusers U-Net folder) or model.unet (its config)")
+    vae = frozen_vae(field(m, "vae_path"), field(m, "vae"), dtype)
+    channels = vae.module.latent_channels if vae is not None else 3
+    if unet.module.in_channels != channels:
+        raise ValueError(f"the U-Net takes {unet.module.in_channels} input channels but the "
+                         f"{'VAE latents have' if vae is not None else 'pixel images have'} {channels}")
+    factor = 2 ** (len(vae.module.block_out_channels) - 1) if vae is not None else 1
+    if resolution % factor:
+        raise ValueError(f"data.resolution {resolution} is not divisible by the VAE factor {factor}")
+    return unet, vae, resolution // factor
+
+
 def _text_classes():
     from t2ijax.models.text import T5Config, T5EncoderModel
     from t2ijax.models.text.clip import CLIPTextConfig, CLIPTextModel
@@ -401,6 +420,8 @@ def frozen_text_encoder(path: str | None, fields, kind: str, dtype, *, vocab_siz
             raise ValueError(f"the {what} needs a local folder or config fields of a random frozen encoder")
         if not int(fields.get("vocab_size", 0)):
             fields["vocab_size"] = vocab_size
+        if "max_position_embeddings" in fields and not int(fields["max_position_embeddings"]):
+            fields["max_position_embeddings"] = max_length  # 0 = the data's max_length (as txt2img's config says)
         if kind not in kinds:
             raise ValueError(f"model.text_encoder_type must be one of {list(kinds)}, got {kind!r}")
         config_class, module_class = classes[kind]
@@ -446,29 +467,24 @@ def open_feature_cache(path: str, max_length: int, width: int):
     return cache
 
 
-class WithCachedTextFeatures:
-    """Wraps a data loader: adds "text_features" (B, L, D) = cache[batch["record"]] to every batch.
+class WithCachedFeatures:
+    """Wraps a train loader: each batch gets `add(batch, records)` of the cache's records of its "record" ids
+    (a train-split cache's record i is train row i). Subclasses say what is added (`add`) and check it."""
 
-    Each record's stored attention mask must equal the batch's (same tokenizer and max_length,
-    same caption): a cheap check that the cache belongs to this split and tokenization.
-    """
+    what = "feature cache"  # the config field named in errors
 
     def __init__(self, loader, cache):
         self.loader, self.cache = loader, cache
 
     @classmethod
-    def from_path(cls, loader, path: str, max_length: int, width: int) -> "WithCachedTextFeatures":
-        """`loader` plus the features of the cache at `path`, which must hold the loader's rows in order."""
-        path = os.path.expanduser(path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"model.feature_cache {path} does not exist: run `t2ijax prepare` with this "
-                                    "config (or t2ijax.data.feature_cache.build_feature_cache) first")
-        cache = open_feature_cache(path, max_length, width)
+    def check_rows(cls, loader, cache, path: str) -> None:
         rows = len(getattr(loader, "source", ()))
         if rows != len(cache):
-            raise ValueError(f"feature cache {path} has {len(cache)} records but the train split has {rows} rows "
+            raise ValueError(f"{cls.what} {path} has {len(cache)} records but the train split has {rows} rows "
                              "(the cache must hold the split's captions in row order)")
-        return cls(loader, cache)
+
+    def add(self, batch: dict, records: dict) -> dict:
+        raise NotImplementedError
 
     def __iter__(self):
         return self
@@ -476,17 +492,9 @@ class WithCachedTextFeatures:
     def __next__(self) -> dict:
         batch = dict(next(self.loader))
         if "record" not in batch:
-            raise ValueError("model.feature_cache needs batches with a 'record' index (a t2ijax.data.pipeline "
-                             "dataset, not data.name='synthetic')")
-        cached = self.cache.lookup(batch["record"])  # a text-feature cache's record i is train row i
-        mask = cached["attention_mask"].astype(np.int32)
-        if not np.array_equal(mask, np.asarray(batch["attention_mask"], np.int32)):
-            bad = [int(r) for r, a, b in zip(batch["record"], mask, batch["attention_mask"])
-                   if not np.array_equal(a, b)]
-            raise ValueError(f"feature cache {self.cache.path} does not match the data at train rows {bad[:5]}: "
-                             "rebuild it for this dataset, caption kind, tokenizer and max_length")
-        batch["text_features"] = cached["hidden_states"]
-        return batch
+            raise ValueError(f"{self.what} needs batches with a 'record' index (a t2ijax.data.pipeline dataset, not "
+                             "data.name='synthetic')")
+        return self.add(batch, self.cache.lookup(batch["record"]))
 
     def get_state(self):
         return self.loader.get_state()
@@ -496,3 +504,34 @@ class WithCachedTextFeatures:
 
     def __getattr__(self, name):  # caption(), example(), source ... of the wrapped loader
         return getattr(self.loader, name)
+
+
+class WithCachedTextFeatures(WithCachedFeatures):
+    """Adds "text_features" (B, L, D) = cache[batch["record"]] to every batch.
+
+    Each record's stored attention mask must equal the batch's (same tokenizer and max_length,
+    same caption): a cheap check that the cache belongs to this split and tokenization.
+    """
+
+    what = "model.feature_cache"
+
+    @classmethod
+    def from_path(cls, loader, path: str, max_length: int, width: int) -> "WithCachedTextFeatures":
+        """`loader` plus the features of the cache at `path`, which must hold the loader's rows in order."""
+        path = os.path.expanduser(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"model.feature_cache {path} does not exist: run `t2ijax prepare` with this "
+                                    "config (or t2ijax.data.feature_cache.build_feature_cache) first")
+        cache = open_feature_cache(path, max_length, width)
+        cls.check_rows(loader, cache, path)
+        return cls(loader, cache)
+
+    def add(self, batch: dict, cached: dict) -> dict:
+        mask = cached["attention_mask"].astype(np.int32)
+        if not np.array_equal(mask, np.asarray(batch["attention_mask"], np.int32)):
+            bad = [int(r) for r, a, b in zip(batch["record"], mask, batch["attention_mask"])
+                   if not np.array_equal(a, b)]
+            raise ValueError(f"feature cache {self.cache.path} does not match the data at train rows {bad[:5]}: "
+                             "rebuild it for this dataset, caption kind, tokenizer and max_length")
+        batch["text_features"] = cached["hidden_states"]
+        return batch

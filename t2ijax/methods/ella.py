@@ -59,8 +59,7 @@ from t2ijax.methods.common import (
     as_dict,
     field,
     frozen_text_encoder,
-    frozen_unet,
-    frozen_vae,
+    frozen_denoiser,
     vae_decode,
     vae_encode,
     open_feature_cache,
@@ -101,20 +100,9 @@ class ELLAMethod(DiffusionMethod):
             self.text_dtype, vocab_size=len(self.tokenizer), max_length=self.max_length, kinds=("t5", "llama"),
             what="ELLA LLM")
         self.text_encoder, self.text_encoder_path = self._frozen_text.module, self._frozen_text.path
-        self._frozen_unet = frozen_unet(field(m, "unet_path"), field(m, "unet"), self.dtype)
-        if self._frozen_unet is None:
-            raise ValueError("ELLA needs model.unet_path (a diffusers U-Net folder) or model.unet (its config)")
+        self._frozen_unet, self._frozen_vae, self.sample_size = frozen_denoiser(m, self.dtype, self.resolution, "ELLA")
         self.unet = self._frozen_unet.module
-        self._frozen_vae = frozen_vae(field(m, "vae_path"), field(m, "vae"), self.dtype)
         self.vae = self._frozen_vae.module if self._frozen_vae is not None else None
-        channels = self.vae.latent_channels if self.vae is not None else 3
-        if self.unet.in_channels != channels:
-            raise ValueError(f"the U-Net takes {self.unet.in_channels} input channels but the "
-                             f"{'VAE latents have' if self.vae is not None else 'pixel images have'} {channels}")
-        factor = 2 ** (len(self.vae.block_out_channels) - 1) if self.vae is not None else 1
-        if self.resolution % factor:
-            raise ValueError(f"data.resolution {self.resolution} is not divisible by the VAE factor {factor}")
-        self.sample_size = self.resolution // factor
 
     @property
     def text_width(self) -> int:

@@ -174,40 +174,44 @@ class Setup:
 
 
 def init_from(s: Setup):
-    """The trainable params named by ``config.init_from`` (None when unset), sharded like the state's:
+    """The trainable params named by ``config.init_from`` for the state of `s` (`params_from_init`)."""
+    return params_from_init(s.config, s.method, s.abstract_state.params, s.state_shardings.params)
+
+
+def params_from_init(config, method, abstract, shardings):
+    """The trainable params named by ``config.init_from`` (None when unset), placed on `shardings`:
     a workdir (its latest checkpoint's trainable item, or its EMA with ``config.init_from_ema``; a method's
     ``adapt_init_params(saved, abstract_params)`` hook may reshape it, e.g. copy one model into N experts) or whatever
-    the method's ``load_init(path, config, abstract_params)`` hook reads (an upstream folder or file).
-    Strict: a missing, unexpected or mis-shaped key is an error naming it."""
-    path = str(s.config.get("init_from", "") or "")
+    the method's ``load_init(path, config, abstract_params)`` hook reads (an upstream folder or file, e.g. a
+    released SUR-adapter). Strict: a missing, unexpected or mis-shaped key is an error naming it."""
+    path = str(config.get("init_from", "") or "")
     if not path:
         return None
-    abstract = s.abstract_state.params
     checkpoints = path if os.path.basename(os.path.normpath(path)) == "checkpoints" else os.path.join(path, "checkpoints")
     if os.path.isdir(checkpoints):
-        ckpt = Checkpointer(checkpoints, trainable_item=trainable_item(s.method), async_save=False)
+        ckpt = Checkpointer(checkpoints, trainable_item=trainable_item(method), async_save=False)
         try:
             step = ckpt.latest_step()
             if step is None:
                 raise FileNotFoundError(f"config.init_from={path!r}: no checkpoint in {checkpoints}")
-            ema = bool(s.config.get("init_from_ema", False))
-            adapt = getattr(s.method, "adapt_init_params", None)
+            ema = bool(config.get("init_from_ema", False))
+            adapt = getattr(method, "adapt_init_params", None)
             if callable(adapt):  # e.g. experts started from a single-model parent
                 params = adapt(ckpt.restore_params(None, step, ema=ema), abstract)
                 shd.check_tree_like(abstract, params, f"config.init_from={path!r} (step {step})")
-                return jax.device_put(params, s.state_shardings.params)
+                return jax.device_put(params, shardings)
             shd.check_tree_like(abstract, ckpt.item_metadata(step, "ema" if ema else ckpt.item),
                                 f"config.init_from={path!r} (step {step})")
             return ckpt.restore_params(abstract, step, ema=ema)
         finally:
             ckpt.close()
-    load = getattr(s.method, "load_init", None)
+    load = getattr(method, "load_init", None)
     if not callable(load):
         raise ValueError(f"config.init_from={path!r} is not a workdir (no {checkpoints}) and method "
-                         f"{s.config.method!r} has no load_init hook to read it")
-    params = load(path, s.config, abstract)
+                         f"{config.method!r} has no load_init hook to read it")
+    params = load(path, config, abstract)
     shd.check_tree_like(abstract, params, f"config.init_from={path!r}")
-    return jax.device_put(shd.strip_boxes(params), s.state_shardings.params)
+    return jax.device_put(shd.strip_boxes(params), shardings)
 
 
 def validate(config) -> None:

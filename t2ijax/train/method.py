@@ -13,13 +13,14 @@ Contract (all functions pure and jittable unless noted):
       carry the logical axis names); the loop evaluates it abstractly with
       ``jax.eval_shape`` to read the logical specs, then materialises it under
       ``jax.jit(out_shardings=...)`` so parameters are born sharded.
-  frozen(config[, shard_config]) -> pytree
+  frozen(config[, shard_config][, training]) -> pytree
       Frozen sub-models (pretrained encoders, a frozen U-Net ...), called once
       eagerly, may be ``{}``. A method whose ``frozen`` takes ``shard_config``
       gets the mesh and puts each array straight onto its sharding (a frozen 7B
       LLM is never whole on one device); otherwise boxed leaves give their
       sharding, arrays already sharded on the mesh stay, plain arrays are
-      replicated. Frozen values are passed to `loss` as a separate, non-donated
+      replicated. One that takes ``training`` gets False for sampling, eval and
+      export, and may skip what only its loss reads (SUR-adapter's LLM). Frozen values are passed to `loss` as a separate, non-donated
       argument behind ``jax.lax.stop_gradient``; they are never differentiated,
       never in the optimizer state and never checkpointed per step.
   loss(params, frozen, batch, rng) -> (scalar loss, dict of scalar metrics)
@@ -95,11 +96,13 @@ def accepts(fn, name: str) -> bool:
         return False
 
 
-def frozen_models(method: Any, config, shard_config):
-    """``method.frozen``, given the shard config when it takes one (see the contract above)."""
-    if accepts(method.frozen, "shard_config"):
-        return method.frozen(config, shard_config=shard_config)
-    return method.frozen(config)
+def frozen_models(method: Any, config, shard_config, *, training: bool = True):
+    """``method.frozen``, given the shard config and `training` when it takes them (see the contract above):
+    ``training=False`` (sampling, eval, export) lets a method skip what only its loss needs (e.g. SUR's LLM)."""
+    kwargs = {"shard_config": shard_config} if accepts(method.frozen, "shard_config") else {}
+    if accepts(method.frozen, "training"):
+        kwargs["training"] = training
+    return method.frozen(config, **kwargs)
 
 
 def trainable_item(method: Any) -> str:

@@ -40,14 +40,22 @@ def config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
 def load_for_inference(config, workdir: str | None = None, *, random_init: bool = False, ema: bool = True,
                        step: int | None = None, devices=None):
     """(method, params, frozen, shard_config). Params come from the latest (or `step`) checkpoint of
-    `workdir`, using the EMA copy when `ema` and the checkpoint has one, else a fresh init."""
+    `workdir`, using the EMA copy when `ema` and the checkpoint has one; with `random_init`, from
+    ``config.init_from`` when set (a workdir, or a file the method's ``load_init`` reads), else a fresh init."""
     shard_config = shd.ShardConfig.from_config(config, devices=devices)
     method = get_method(config.method, config)
     check_method(method, config.method)
     init_key = jax.random.split(jax.random.PRNGKey(int(config.seed)))[0]
     with shard_config.active():
-        if random_init:
-            params, _, _ = shd.init_sharded(lambda r: method.init(r, config), init_key, shard_config)
+        if random_init:  # no checkpoint: a fresh init, or the weights config.init_from names (e.g. an adapter file)
+            if config.get("init_from"):
+                from t2ijax.train.loop import params_from_init
+
+                abstract, specs = shd.abstract_with_specs(lambda r: method.init(r, config), init_key)
+                shardings = shard_config.tree_shardings(specs, abstract)
+                params = params_from_init(config, method, shd.with_shardings(abstract, shardings), shardings)
+            else:
+                params, _, _ = shd.init_sharded(lambda r: method.init(r, config), init_key, shard_config)
         else:
             if workdir is None:
                 raise ValueError("give a workdir with checkpoints, or random_init=True")
@@ -60,7 +68,7 @@ def load_for_inference(config, workdir: str | None = None, *, random_init: bool 
             use_ema = ema and "ema" in ckpt.saved_items(step)
             params = ckpt.restore_params(target, step, ema=use_ema)
             ckpt.close()
-        frozen, _ = shd.place(frozen_models(method, config, shard_config), shard_config)
+        frozen, _ = shd.place(frozen_models(method, config, shard_config, training=False), shard_config)
     return method, params, frozen, shard_config
 
 

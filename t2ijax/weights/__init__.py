@@ -12,6 +12,7 @@ Public API (imported lazily so that `import t2ijax.weights` stays cheap):
   save_eclipse_prior(module, params, path)     export to that layout
   load_sur_adapter(path, reproduce_release=False, **overrides) -> (module, params)  SUR-adapter state dict
   save_sur_adapter(module, params, path)       export to the released Adapter layout (+ eta/switch sidecar)
+  load_llm_projection(path)                    the fixed LLMResize projection saved beside an adapter
 """
 
 import importlib
@@ -23,6 +24,7 @@ _API = {
     "load_ella": "ella", "save_ella": "ella",
     "load_eclipse_prior": "eclipse", "save_eclipse_prior": "eclipse",
     "load_sur_adapter": "sur_adapter", "save_sur_adapter": "sur_adapter",
+    "load_llm_projection": "sur_adapter",
 }
 
 
