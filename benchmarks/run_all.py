@@ -32,6 +32,7 @@ SUITE = {
     "attention": ["benchmarks/attention.py"],
     "ella_tsc": ["benchmarks/ella_tsc.py"],
     "eclipse_prior": ["benchmarks/eclipse_prior.py"],
+    "sur_adapter": ["benchmarks/sur_adapter.py"],
     "encoders": ["benchmarks/encoders.py"],
     "sampling_loop": ["benchmarks/sampling_loop.py"],
     "experts_sampling": ["benchmarks/experts_sampling.py"],

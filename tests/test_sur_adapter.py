@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-import torch.nn as tnn
 import torch.nn.functional as F
 from flax import linen as nn
 from safetensors.numpy import load_file
@@ -21,60 +20,12 @@ from t2ijax.models.sur_adapter import SURAdapter, SUROutput, copy_template_layer
 from t2ijax.weights import load_sur_adapter, save_sur_adapter
 from t2ijax.weights.sur_adapter import load_llm_projection
 from t2ijax.weights.torch_layout import WeightLoadError
+from torch_sur_adapter import LLMResize, RefAdapter, ref_distillation_loss
 
 pytestmark = pytest.mark.filterwarnings("ignore:enable_nested_tensor is True")
 
-
-# ------------------------------------------------------------------------------------------------
-# PyTorch reference: the released Qrange-group/SUR-adapter `SUR_adapter.py` (ac26645), with nhead and
-# dim_feedforward made arguments (released: 8 and 2048) so that a tiny config can be tested.
-
-class RefAttention(tnn.Module):
-    def __init__(self, hidden_size=768):
-        super().__init__()
-        self.hidden_size = hidden_size
-        self.query_layer = tnn.Linear(hidden_size, hidden_size)
-        self.key_layer = tnn.Linear(hidden_size, hidden_size)
-        self.value_layer = tnn.Linear(hidden_size, hidden_size)  # defined, never used (Q5)
-        self.output_layer = tnn.Sequential(tnn.Linear(hidden_size, hidden_size), tnn.ReLU(),
-                                           tnn.Linear(hidden_size, hidden_size))
-
-    def forward(self, query, key, value):
-        q, k = self.query_layer(query), self.key_layer(key)
-        scores = torch.matmul(q, k.transpose(-2, -1)) / torch.sqrt(torch.tensor(self.hidden_size,
-                                                                                dtype=torch.float32))
-        weighted = torch.matmul(F.softmax(scores, dim=-1), value) + value
-        return self.output_layer(weighted) + weighted
-
-
-class RefAdapter(tnn.Module):
-    def __init__(self, depth=2, adapter_weight=0.01, sd_text_size=768, nhead=8, dim_feedforward=2048):
-        super().__init__()
-        self.adapter_weight = adapter_weight
-        # no batch_first (Q1); the template stays registered (Q5)
-        self.encoder_layer = tnn.TransformerEncoderLayer(d_model=sd_text_size, nhead=nhead,
-                                                         dim_feedforward=dim_feedforward)
-        self.transformer_encoder = tnn.TransformerEncoder(self.encoder_layer, num_layers=depth)
-        self.attention = RefAttention(hidden_size=sd_text_size)
-        self.fc = tnn.Linear(sd_text_size, sd_text_size)
-        tnn.init.zeros_(self.fc.weight)
-
-    def forward(self, x, batch_first_fix=False):
-        if batch_first_fix:  # the paper's intent: attend across the tokens of each sample
-            enc = self.transformer_encoder(x.transpose(0, 1)).transpose(0, 1)
-        else:  # as released: (B, L, D) is read as (seq=B, batch=L, D)
-            enc = self.transformer_encoder(x)
-        out_att = self.attention(query=enc, key=x, value=x)
-        out_llm = self.fc(out_att)
-        out = self.adapter_weight * out_llm + (1 - self.adapter_weight) * x
-        return out, enc, out_llm
-
-
-def ref_distillation_loss(x, y, temperature=1.0):
-    """The release's `distillation_loss` (SUR_adapter_train.py)."""
-    kl = F.kl_div(F.log_softmax(x / temperature, dim=-1), F.softmax(y / temperature, dim=-1), reduction="batchmean")
-    return kl * temperature * temperature
-
+# The PyTorch reference (the released `Adapter`, `LLMResize` and `distillation_loss`) is tests/torch_sur_adapter.py,
+# shared with benchmarks/sur_adapter.py.
 
 # ------------------------------------------------------------------------------------------------
 
@@ -417,8 +368,7 @@ def test_llm_projection_is_seeded_saved_and_torch_loadable(checkpoint, tmp_path)
     np.testing.assert_array_equal(loaded["kernel"], p0["kernel"])
     np.testing.assert_array_equal(loaded["bias"], p0["bias"])
     # the file is the release's LLMResize state dict (self.fc = Linear(llm_size, sd_text_size))
-    resize = tnn.Module()
-    resize.fc = tnn.Linear(40, 32)
+    resize = LLMResize(llm_size=40, sd_text_size=32)
     resize.load_state_dict({k: torch.from_numpy(v) for k, v in
                             load_file(out.replace(".safetensors", ".llm_resize.safetensors")).items()}, strict=True)
     v = np.random.default_rng(6).standard_normal((2, 1, 40)).astype(np.float32)
