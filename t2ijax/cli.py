@@ -34,7 +34,8 @@ flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics, confi
 flags.DEFINE_multi_string("prompt", [], "prompt for `sample` (repeat the flag for several)")
 flags.DEFINE_string("prompts_file", None, "text file with one prompt per line for `sample`")
 flags.DEFINE_string("out", None, "output: PNG path for `sample`, folder for `eval` / `convert`")
-flags.DEFINE_bool("random_init", False, "`sample`: use a randomly initialised model instead of a checkpoint")
+flags.DEFINE_bool("random_init", False, "`sample`: no checkpoint: the weights config.init_from names (e.g. a "
+                  "released adapter file), else a random init")
 flags.DEFINE_bool("ema", True, "use the EMA params of the checkpoint when it has them")
 flags.DEFINE_integer("num_steps", 0, "sampler steps (0: config.sample.num_steps)")
 flags.DEFINE_float("guidance_scale", None, "classifier-free guidance scale (default: config.sample.guidance_scale)")
