@@ -56,6 +56,8 @@ def runtime_defaults(**overrides) -> ml_collections.ConfigDict:
     c.init_from_ema = False            # with a workdir: take its EMA params instead of the raw ones
     c.tensorboard = True
     c.progress = True
+    c.nonfinite = "skip"               # a non-finite loss/gradient: "skip" the update (counted in nonfinite_steps)
+                                       # or "stop" naming the step and the batch's example ids
     c.compilation_cache_dir = ""       # persistent XLA compilation cache ("" disables)
     c.peak_tflops_per_device = 0.0    # > 0 overrides the device table used for MFU
     c.mesh = dict(MESH_PRESETS["data"])

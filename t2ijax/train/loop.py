@@ -113,9 +113,14 @@ class Prefetcher:
             self._thread.join(timeout=60)
 
 
+NONFINITE = "nonfinite_steps"  # per step: 1 when the loss or a gradient was not finite (the update was skipped)
+NONFINITE_POLICIES = ("skip", "stop")
+
+
 def make_train_step(method, tx: optax.GradientTransformation, schedule: optax.Schedule, config) -> Callable:
     """step(state, frozen, batch) -> (state, metrics): one micro-batch; with accumulation the
-    optimizer (and EMA) update every ``grad_accum_steps`` calls."""
+    optimizer (and EMA) update every ``grad_accum_steps`` calls. A step whose loss or gradients are not finite
+    changes nothing but the step counter and reports ``nonfinite_steps`` 1 (`config.nonfinite`)."""
     accum = int(config.optim.get("grad_accum_steps", 1))
     decay = float(config.get("ema_decay", 0.0))
     takes_step = accepts(method.loss, "step")
@@ -139,8 +144,15 @@ def make_train_step(method, tx: optax.GradientTransformation, schedule: optax.Sc
                 updated = optax.MultiSteps(optax.identity(), accum).has_updated(opt_state)
                 new_ema = jax.tree.map(lambda n, e: jnp.where(updated, n, e), new_ema, ema)
             ema = new_ema
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step // accum),
-                   **aux}
+        grad_norm = optax.tree.norm(grads)
+        # a non-finite loss or gradient leaves params, optimizer state and EMA as they were (both policies; the
+        # host stops the run under config.nonfinite="stop"); the step, and so the data, moves on
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (params, opt_state, ema),
+                            (state.params, state.opt_state, state.ema))
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step // accum),
+                   NONFINITE: 1 - finite.astype(jnp.int32), **aux}
+        params, opt_state, ema = kept
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema), metrics
 
     return step
@@ -224,6 +236,8 @@ def validate(config) -> None:
     for key in ("log_every", "checkpoint_every"):
         if int(config[key]) <= 0:
             raise ValueError(f"config.{key}={config[key]} must be positive")
+    if str(config.get("nonfinite", "skip")) not in NONFINITE_POLICIES:
+        raise ValueError(f"config.nonfinite={config.nonfinite!r}; choose one of {NONFINITE_POLICIES}")
 
 
 def setup(config, *, devices=None) -> Setup:
@@ -276,8 +290,21 @@ def _memory_summary(compiled) -> str:
 
 
 def _mean_metrics(history: list[dict]) -> dict[str, float]:
+    """The window's mean of each metric; ``nonfinite_steps`` is summed (skipped steps in the window)."""
     host = shd.to_host(history)
-    return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
+    return {k: float((np.sum if k == NONFINITE else np.mean)([h[k] for h in host])) for k in host[0]}
+
+
+def _check_finite(policy: str, step: int, metrics: dict, local_batch: dict) -> None:
+    """Under config.nonfinite="stop": raise, naming the step and the batch's example ids, when that step's loss or
+    gradients were not finite (one device-to-host read per step: a debugging policy)."""
+    if policy != "stop" or not int(shd.to_host(metrics[NONFINITE])):
+        return
+    ids = next((np.asarray(local_batch[k]).tolist() for k in ("index", "record", "example_id") if k in local_batch),
+               "unknown (the batch carries no example ids)")
+    raise FloatingPointError(f"non-finite loss or gradients at step {step} (loss {float(shd.to_host(metrics['loss']))}, "
+                             f"grad norm {float(shd.to_host(metrics['grad_norm']))}); the batch's example ids: {ids}. "
+                             "The update was not applied; config.nonfinite='skip' skips such steps and counts them")
 
 
 def write_config_json(config, workdir: str) -> dict:
@@ -348,17 +375,22 @@ def train(config, workdir: str, *, devices=None, stop_after: int | None = None,
     writer.write(start, {"compile_seconds": compile_s, "trainable_params": n_params})
     throughput.start(start)
     history: list[dict] = []
+    nonfinite_policy = str(config.get("nonfinite", "skip"))
     step = start
     try:
         while True:
             if batch_callback is not None:
                 batch_callback(step, local)
             state, step_metrics = compiled(state, s.frozen, batch)
+            _check_finite(nonfinite_policy, step, step_metrics, local)
             history.append(step_metrics)
             step += 1
             if step % int(config.log_every) == 0 or step == end:
                 scalars = {**_mean_metrics(history), **throughput.update(step)}
                 history = []
+                if scalars.get(NONFINITE) and jax.process_index() == 0:
+                    log.warning("%d of the last steps up to %d had a non-finite loss or gradients: their updates "
+                                "were skipped (config.nonfinite='skip')", int(scalars[NONFINITE]), step)
                 writer.write(step, scalars)
                 progress.update(step, scalars)
             if step % int(config.checkpoint_every) == 0 or step == end:
