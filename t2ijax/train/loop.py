@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import queue
+import signal
 import threading
 import time
 from typing import Any, Callable
@@ -289,6 +290,56 @@ def _memory_summary(compiled) -> str:
         return ""
 
 
+class PreemptionWatch:
+    """SIGTERM / SIGINT ask the loop to checkpoint at the next step boundary and return (exit status 0).
+
+    The handler only sets a flag (it never touches JAX) and puts the default handler back, so a second signal
+    stops the process at once. Several processes must stop at the same step: there the flag is agreed at each
+    logging step (`multihost_utils.process_allgather`) and JAX's preemption sync point (TPU maintenance
+    notices, when the distributed runtime has a preemption service) is checked every step.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.reason: str | None = None
+        self._previous: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # Python installs handlers there only
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.reason = signal.Signals(signum).name
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+
+    def __exit__(self, *exc):
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
+
+    def should_stop(self, step: int, logging_step: bool) -> bool:
+        if jax.process_count() == 1:
+            return self.reason is not None
+        from jax.experimental import multihost_utils
+
+        try:
+            if multihost_utils.reached_preemption_sync_point(step):
+                self.reason = self.reason or "a preemption notice"
+                return True
+        except Exception:  # no preemption service in this distributed runtime
+            pass
+        if logging_step:
+            flags = multihost_utils.process_allgather(np.int32(self.reason is not None))
+            if np.any(flags):
+                self.reason = self.reason or "a signal to another process"
+                return True
+        return False
+
+
 def _mean_metrics(history: list[dict]) -> dict[str, float]:
     """The window's mean of each metric; ``nonfinite_steps`` is summed (skipped steps in the window)."""
     host = shd.to_host(history)
@@ -322,7 +373,7 @@ def train(config, workdir: str, *, devices=None, stop_after: int | None = None,
 
     `stop_after` ends the run (with a checkpoint) once that step is reached, as a preemption
     would; `batch_callback(step, local_numpy_batch)` sees every batch (tests use it to check
-    data order).
+    data order). SIGTERM / SIGINT end it the same way at the next step boundary (`PreemptionWatch`).
     """
     shd.maybe_initialize_distributed()
     if config.get("compilation_cache_dir"):
@@ -377,7 +428,9 @@ def train(config, workdir: str, *, devices=None, stop_after: int | None = None,
     history: list[dict] = []
     nonfinite_policy = str(config.get("nonfinite", "skip"))
     step = start
+    watch = PreemptionWatch()
     try:
+        watch.__enter__()
         while True:
             if batch_callback is not None:
                 batch_callback(step, local)
@@ -393,12 +446,22 @@ def train(config, workdir: str, *, devices=None, stop_after: int | None = None,
                                 "were skipped (config.nonfinite='skip')", int(scalars[NONFINITE]), step)
                 writer.write(step, scalars)
                 progress.update(step, scalars)
-            if step % int(config.checkpoint_every) == 0 or step == end:
+            saved = step % int(config.checkpoint_every) == 0 or step == end
+            if saved:
                 ckpt.save(state, config_json=resolved, iterator_state=data_state)
             if step >= end:
                 break
+            if watch.should_stop(step, step % int(config.log_every) == 0):
+                if not saved:
+                    ckpt.save(state, config_json=resolved, iterator_state=data_state)
+                ckpt.wait()
+                if jax.process_index() == 0:
+                    print(f"[t2ijax] stopped by {watch.reason} at step {step} of {total}: checkpoint saved in "
+                          f"{ckpt.directory}; run the same command to resume", flush=True)
+                break
             local, batch, data_state = next(batches)
     finally:
+        watch.__exit__()
         batches.close()
         ckpt.close()
         writer.close()
