@@ -61,3 +61,38 @@ def test_a_signal_saves_at_the_next_step_and_the_resumed_run_equals_a_straight_o
     for a, b in zip(jax.tree.leaves((resumed.params, resumed.opt_state, resumed.ema)),
                     jax.tree.leaves((straight.params, straight.opt_state, straight.ema))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_kill_9_at_ten_moments_then_resume_ends_bit_identical(tmp_path):
+    """SIGKILL at 10 moments spread over the run (some inside a checkpoint save): every restart resumes from the
+    newest complete checkpoint and the run ends with the uninterrupted run's parameters, bit for bit."""
+    workdir = str(tmp_path / "run")
+    script = SCRIPT.replace("checkpoint_every=10_000", "checkpoint_every=25")
+    rng = np.random.default_rng(0)
+    kills = 0
+    for attempt in range(40):
+        proc = subprocess.Popen([sys.executable, "-c", script, workdir], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, cwd=ROOT)
+        if kills < 10:
+            start = time.time()
+            logged = os.path.join(workdir, "metrics.jsonl")
+            lines = sum(1 for _ in open(logged)) if os.path.exists(logged) else 0
+            # once the step runs (a new metrics line), wait a random 0-1.5 s: steps and saves interleave
+            while proc.poll() is None and time.time() - start < 300:
+                if os.path.exists(logged) and sum(1 for _ in open(logged)) > lines:
+                    break
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 1.5))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+        proc.wait(timeout=600)
+        if proc.returncode == 0 and Checkpointer(os.path.join(workdir, "checkpoints")).latest_step() == STEPS:
+            break
+    assert kills == 10, f"only {kills} kills landed before the run finished"
+    resumed = loop.train(_config(), workdir)  # already at the end: restores the final checkpoint
+    straight = loop.train(_config(), str(tmp_path / "straight"))
+    assert int(resumed.step) == STEPS
+    for a, b in zip(jax.tree.leaves((resumed.params, resumed.opt_state, resumed.ema)),
+                    jax.tree.leaves((straight.params, straight.opt_state, straight.ema))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
