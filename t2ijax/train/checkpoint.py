@@ -11,12 +11,17 @@ Items of a step:
 
 Restores always build explicit ``ShapeDtypeStruct(..., sharding=...)`` targets from the
 CURRENT mesh, so a checkpoint written on one topology restores onto another. Restore
-failures raise; nothing is swallowed.
+failures raise, except that `restore_newest_intact` (what a resuming run calls) moves a DAMAGED step (a file cut
+short or unreadable: the step does not even restore as saved) aside to ``<step>.damaged``, warns naming it, and
+falls back to the previous step; a step that is intact but does not fit the target (another config) raises.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
+import logging
 import os
 from typing import Any
 
@@ -27,6 +32,8 @@ from t2ijax.sharding import to_host
 from t2ijax.train.state import TrainState
 
 _BYTES_TAG = "__bytes_b64__"
+MANIFEST = "t2ijax_manifest.json"  # {relative path: [size, sha256]} of a finished step's files
+log = logging.getLogger(__name__)
 
 
 def encode_iterator_state(state: Any) -> dict:
@@ -77,6 +84,7 @@ class Checkpointer:
         return {name for name in os.listdir(step_dir) if os.path.isdir(os.path.join(step_dir, name))}
 
     def save(self, state: TrainState, *, config_json: dict, iterator_state: Any = None) -> bool:
+        self.write_manifests()  # of the steps finished since the last call (an async save finishes later)
         step = int(to_host(state.step))
         items = {
             self.item: ocp.args.StandardSave(state.params),
@@ -116,6 +124,49 @@ class Checkpointer:
         iterator_state = decode_iterator_state(out["data_iter"]) if "data_iter" in items else None
         return state, iterator_state
 
+    def restore_newest_intact(self, abstract: TrainState, *, with_iterator: bool = True) -> tuple[TrainState, Any]:
+        """`restore` of the newest step that is intact. A step whose files differ from its manifest, or that fails
+        to restore and also fails to read as saved (no target), is damaged: it is renamed ``<step>.damaged`` (kept for inspection), a warning names
+        it, and the previous step is tried. A failure on an intact step (e.g. a config whose shapes differ)
+        is raised as it is."""
+        for step in sorted(self.all_steps(), reverse=True):
+            why = self.damage(step)
+            if why is None:
+                try:
+                    return self.restore(abstract, step, with_iterator=with_iterator)
+                except Exception as error:  # noqa: BLE001 -- told apart below: damaged, or not this config's
+                    if self._reads_as_saved(step):
+                        raise
+                    why = f"{type(error).__name__}: {str(error)[:300]}"
+            moved = self._move_aside(step)
+            log.warning("checkpoint step %d in %s is damaged (%s); moved to %s, falling back to the previous "
+                        "checkpoint", step, self.directory, why, moved)
+            print(f"[t2ijax] WARNING: checkpoint step {step} is damaged ({why}); moved to {moved}; resuming from "
+                  "the previous checkpoint", flush=True)
+        raise FileNotFoundError(f"no intact checkpoint left in {self.directory} (damaged steps were moved to "
+                                "<step>.damaged): start a new workdir, or repair one by hand")
+
+    def _reads_as_saved(self, step: int) -> bool:
+        """Whether every item of `step` reads back without a target (array data and JSON intact)."""
+        handlers = {"config": ocp.args.JsonRestore(), "data_iter": ocp.args.JsonRestore()}
+        try:
+            items = {name: handlers.get(name, ocp.args.StandardRestore()) for name in self.saved_items(step)}
+            self.manager.restore(step, args=ocp.args.Composite(**items))
+            return True
+        except Exception:  # noqa: BLE001 -- any failure to read the files
+            return False
+
+    def _move_aside(self, step: int) -> str:
+        src = os.path.join(self.directory, str(step))
+        dst = f"{src}.damaged"
+        n = 1
+        while os.path.exists(dst):
+            n += 1
+            dst = f"{src}.damaged{n}"
+        os.rename(src, dst)
+        self.manager.reload()
+        return dst
+
     def restore_params(self, abstract_params, step: int | None = None, *, ema: bool = False):
         """Only the trainable (or EMA) params, e.g. for sampling; `abstract_params` None restores them as
         saved (host arrays)."""
@@ -139,7 +190,59 @@ class Checkpointer:
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
+        self.write_manifests()
+
+    def write_manifests(self) -> None:
+        """Record size and SHA-256 of every file of each finished step that has no manifest yet (process 0), so
+        that a file later cut short or altered is detected (`damage`)."""
+        import jax
+
+        if jax.process_index() != 0:
+            return
+        for step in self.all_steps():
+            folder = os.path.join(self.directory, str(step))
+            if os.path.exists(os.path.join(folder, MANIFEST)) or not os.path.isdir(folder):
+                continue
+            files = _file_digests(folder)
+            tmp = os.path.join(folder, MANIFEST + ".tmp")
+            with open(tmp, "w") as f:
+                json.dump(files, f, sort_keys=True)
+            os.replace(tmp, os.path.join(folder, MANIFEST))
+
+    def damage(self, step: int) -> str | None:
+        """What is wrong with `step`'s files according to its manifest (None: intact, or no manifest)."""
+        folder = os.path.join(self.directory, str(step))
+        path = os.path.join(folder, MANIFEST)
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            want = json.load(f)
+        have = _file_digests(folder)
+        missing = sorted(set(want) - set(have))
+        if missing:
+            return f"missing files {missing[:3]}"
+        changed = sorted(name for name in want if have[name] != want[name])
+        if changed:
+            return "changed or cut short: " + ", ".join(f"{n} ({have[n][0]} of {want[n][0]} bytes)" for n in changed[:3])
+        return None
 
     def close(self) -> None:
         self.manager.wait_until_finished()
+        self.write_manifests()
         self.manager.close()
+
+
+def _file_digests(folder: str) -> dict[str, list]:
+    out = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, folder)
+            if rel.startswith(MANIFEST):
+                continue
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            out[rel] = [os.path.getsize(path), h.hexdigest()]
+    return out

@@ -384,7 +384,7 @@ def train(config, workdir: str, *, devices=None, stop_after: int | None = None,
                         keep_last=int(config.keep_last), keep_period=int(config.get("keep_period", 0)),
                         async_save=bool(config.get("async_checkpointing", True)))
     if config.get("resume", True) and ckpt.latest_step() is not None:
-        state, iterator_state = ckpt.restore(s.abstract_state)
+        state, iterator_state = ckpt.restore_newest_intact(s.abstract_state)
         log.info("resumed from step %d of %s", int(state.step), ckpt.directory)
     else:
         state, iterator_state = s.state, None

@@ -1,0 +1,65 @@
+"""Damaged checkpoints (issue 17): a latest checkpoint with a file cut short is detected, moved aside with a
+warning naming its step, and the run resumes from the previous one and ends bit-identical to an undamaged run;
+an intact checkpoint that does not fit the config is an error, never "damage"."""
+
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from t2ijax.config_utils import load_module
+from t2ijax.train import loop
+
+common = load_module(os.path.join(os.path.dirname(__file__), "..", "..", "configs", "common.py"))
+
+
+def _config(total_steps=30, **overrides):
+    c = common.toy_config(total_steps=total_steps, checkpoint_every=10, log_every=10, tensorboard=False,
+                          progress=False, async_checkpointing=False, keep_last=3)
+    for k, v in overrides.items():
+        c[k] = v
+    return c
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("damaged")
+    loop.train(_config(total_steps=20), str(root / "at20"))
+    straight = loop.train(_config(), str(root / "straight"))
+    return root, straight
+
+
+def _largest_file(folder):
+    files = [os.path.join(d, f) for d, _, names in os.walk(folder) for f in names]
+    return max(files, key=os.path.getsize)
+
+
+@pytest.mark.parametrize("item", ["params", "opt_state", "train_meta", "data_iter"])
+def test_a_file_cut_short_falls_back_to_the_previous_checkpoint(runs, tmp_path, capsys, item):
+    root, straight = runs
+    workdir = tmp_path / "run"
+    shutil.copytree(root / "at20", workdir)
+    victim = _largest_file(workdir / "checkpoints" / "20" / item)
+    with open(victim, "r+b") as f:
+        f.truncate(os.path.getsize(victim) // 2)
+    state = loop.train(_config(), str(workdir))
+    out = capsys.readouterr().out
+    assert "checkpoint step 20 is damaged" in out and "resuming from the previous checkpoint" in out, out
+    assert os.path.isdir(workdir / "checkpoints" / "20.damaged")  # kept for inspection, never deleted
+    assert int(state.step) == 30
+    for a, b in zip(jax.tree.leaves((state.params, state.opt_state, state.ema)),
+                    jax.tree.leaves((straight.params, straight.opt_state, straight.ema))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_an_intact_checkpoint_of_another_config_is_an_error_not_damage(runs, tmp_path):
+    root, _ = runs
+    workdir = tmp_path / "run"
+    shutil.copytree(root / "at20", workdir)
+    wider = _config()
+    wider.model.hidden = 48
+    with pytest.raises(Exception, match="hidden|shape|48"):
+        loop.train(wider, str(workdir))
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "20"]
