@@ -469,7 +469,8 @@ def open_feature_cache(path: str, max_length: int, width: int):
 
 class WithCachedFeatures:
     """Wraps a train loader: each batch gets `add(batch, records)` of the cache's records of its "record" ids
-    (a train-split cache's record i is train row i). Subclasses say what is added (`add`) and check it."""
+    (a train-split cache's record i is train row i). Subclasses say what is added (`add`) and check it;
+    `lookup` reads the records (from several caches, if a subclass has them)."""
 
     what = "feature cache"  # the config field named in errors
 
@@ -489,12 +490,15 @@ class WithCachedFeatures:
     def __iter__(self):
         return self
 
+    def lookup(self, records) -> dict:
+        return self.cache.lookup(records)
+
     def __next__(self) -> dict:
         batch = dict(next(self.loader))
         if "record" not in batch:
             raise ValueError(f"{self.what} needs batches with a 'record' index (a t2ijax.data.pipeline dataset, not "
                              "data.name='synthetic')")
-        return self.add(batch, self.cache.lookup(batch["record"]))
+        return self.add(batch, self.lookup(batch["record"]))
 
     def get_state(self):
         return self.loader.get_state()

@@ -61,7 +61,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t2ijax.methods.common import FrozenModel, _folder, as_dict, field, frozen_text_encoder, text_width
+from t2ijax.methods.common import (FrozenModel, WithCachedFeatures, _folder, as_dict, field, frozen_text_encoder,
+                                   text_width)
 from t2ijax.models.multi_encoder import INPUTS, MultiEncoderConditioning, context_layout
 
 DEFAULT_DROPOUT = {"t5": 0.25, "clip_text": 0.2, "clip_image": 0.9}
@@ -460,40 +461,30 @@ class MultiEncoderConditioner:
                                   self.image_field)
 
 
-class WithEDiffIFeatures:
+class WithEDiffIFeatures(WithCachedFeatures):
     """A data loader plus cached eDiff-I features, looked up by each batch's "record" (train row). The text cache's
     stored masks must equal the batch's (same captions, tokenizers and lengths)."""
 
+    what = "cached eDiff-I features"
+
     def __init__(self, loader, text_cache, image_cache, t5_prefix: str, clip_prefix: str, image_field: str):
-        self.loader, self.text_cache, self.image_cache = loader, text_cache, image_cache
+        super().__init__(loader, None)
+        self.text_cache, self.image_cache = text_cache, image_cache
         self.t5_prefix, self.clip_prefix, self.image_field = t5_prefix, clip_prefix, image_field
 
-    def __iter__(self):
-        return self
+    def lookup(self, records) -> dict:
+        return {kind: cache.lookup(records) for kind, cache in (("text", self.text_cache), ("image", self.image_cache))
+                if cache is not None}
 
-    def __next__(self) -> dict:
-        batch = dict(next(self.loader))
-        if "record" not in batch:
-            raise ValueError("cached eDiff-I features need batches with a 'record' index (a t2ijax.data.pipeline "
-                             "dataset)")
-        if self.text_cache is not None:
-            cached = self.text_cache.lookup(batch["record"])
+    def add(self, batch: dict, cached: dict) -> dict:
+        if "text" in cached:
+            text = cached["text"]
             for name, prefix in (("t5", self.t5_prefix), ("clip", self.clip_prefix)):
-                if not np.array_equal(cached[f"{name}_mask"].astype(np.int32),
+                if not np.array_equal(text[f"{name}_mask"].astype(np.int32),
                                       np.asarray(batch[f"{prefix}attention_mask"], np.int32)):
                     raise ValueError(f"feature cache {self.text_cache.path} does not match the data's {name} tokens: "
                                      "rebuild it for this dataset, caption kind, tokenizer and max length")
-            batch.update(t5_states=cached["t5_states"], clip_states=cached["clip_states"],
-                         clip_pooled=cached["clip_pooled"])
-        if self.image_cache is not None:
-            batch[self.image_field] = self.image_cache.lookup(batch["record"])["image_embeds"].astype(np.float32)
+            batch.update(t5_states=text["t5_states"], clip_states=text["clip_states"], clip_pooled=text["clip_pooled"])
+        if "image" in cached:
+            batch[self.image_field] = cached["image"]["image_embeds"].astype(np.float32)
         return batch
-
-    def get_state(self):
-        return self.loader.get_state()
-
-    def set_state(self, state) -> None:
-        self.loader.set_state(state)
-
-    def __getattr__(self, name):
-        return getattr(self.loader, name)
