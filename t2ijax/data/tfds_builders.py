@@ -178,6 +178,17 @@ def _caption_file(directory: str) -> str | None:
     return None
 
 
+def _check_inside(directory: str, file_name, where: str) -> None:
+    """Ingestion never reads outside the split's folder: no absolute paths, no "..", no symlink leading out."""
+    if not isinstance(file_name, str) or not file_name:
+        raise ValueError(f"{where}: 'file_name' must be a non-empty string, got {file_name!r}")
+    root = os.path.realpath(directory)
+    target = os.path.realpath(os.path.join(directory, file_name))
+    if os.path.isabs(file_name) or os.path.commonpath([root, target]) != root:
+        raise ValueError(f"{where}: file_name {file_name!r} points outside the dataset folder {directory} "
+                         "(absolute path, '..' or a symlink leading out); image paths must stay inside it")
+
+
 def read_caption_records(directory: str) -> list[dict]:
     """Parse the caption file of `directory`; each line must be a JSON object with "file_name" and "text"."""
     path = _caption_file(directory)
@@ -192,6 +203,7 @@ def read_caption_records(directory: str) -> list[dict]:
                 raise ValueError(f"{path}:{line_no}: not valid JSON ({err})") from None
             if not isinstance(record, dict) or "file_name" not in record:
                 raise ValueError(f"{path}:{line_no}: each record needs a 'file_name' field")
+            _check_inside(directory, record["file_name"], f"{path}:{line_no}")
             if not isinstance(record.get("text", ""), str):
                 raise ValueError(f"{path}:{line_no}: 'text' must be a string")
             if "objects" in record:
