@@ -46,10 +46,10 @@ def _load_tokenizer(name_or_path: str, max_length: int | None):
     import os
 
     if not os.path.isdir(name_or_path):
-        raise FileNotFoundError(
-            f"tokenizer {name_or_path!r} is neither {SHAPES_WORD!r} nor a local folder with a saved tokenizer. "
-            f"t2ijax never downloads models: download it elsewhere (e.g. `huggingface-cli download "
-            f"{name_or_path} --local-dir DIR`) and pass the local folder path.")
+        from t2ijax.weights.local import not_local_message
+
+        raise FileNotFoundError(f"tokenizer {name_or_path!r} is neither {SHAPES_WORD!r} nor a local folder with a "
+                                f"saved tokenizer. " + not_local_message(name_or_path))
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)

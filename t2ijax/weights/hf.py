@@ -30,19 +30,11 @@ from t2ijax.models.layers import abstract_init
 from t2ijax.models.text.clip import CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPVisionConfig
 from t2ijax.models.text.llama import LlamaConfig, LlamaModel
 from t2ijax.models.text.t5 import T5_MODEL_TYPES, T5Config, T5EncoderModel
+from t2ijax.weights.local import require_local_folder
 from t2ijax.weights.torch_layout import (params_to_state_dict, read_config, read_weights, sharded_placer,
                                          state_dict_to_params, write_config, write_weights)
 
 SUPPORTED_MODEL_TYPES = (*T5_MODEL_TYPES, "clip_text_model", "clip", "llama")
-
-
-def _require_local_folder(path) -> str:
-    path = os.fspath(path)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(
-            f"{path!r} is not a local folder. t2ijax never downloads models: download it elsewhere "
-            f"(e.g. `huggingface-cli download {path} --local-dir DIR`) and pass the local folder path.")
-    return path
 
 
 def _text_module(cfg: dict, state_keys, dtype):
@@ -101,7 +93,7 @@ def load_text_encoder(path, *, dtype=None, param_dtype=jnp.float32, shardings=No
     `module.apply({"params": params}, input_ids, attention_mask)` returns the last hidden state
     (B, L, D); `method="encode"` returns (last hidden state, pooled features or None).
     """
-    path = _require_local_folder(path)
+    path = require_local_folder(path)
     cfg = read_config(path)
     sd = read_weights(path, "model")
     sd = _normalise_keys(sd, cfg.get("model_type"))
@@ -115,7 +107,7 @@ def load_clip(path, *, dtype=None, param_dtype=jnp.float32, shardings=None):
     `module.apply(v, ids, mask, method="get_text_features")` and
     `module.apply(v, pixels_nhwc, method="get_image_features")` give the projected features.
     """
-    path = _require_local_folder(path)
+    path = require_local_folder(path)
     cfg = read_config(path)
     if cfg.get("model_type") != "clip":
         raise ValueError(f"load_clip expects a CLIPModel folder (model_type 'clip'), {path} has "

@@ -214,7 +214,9 @@ def write_weights(state_dict: Mapping[str, np.ndarray], folder: str | os.PathLik
 
 
 def read_config(folder: str | os.PathLike, name: str = "config.json") -> dict:
-    path = os.path.join(os.fspath(folder), name)
+    from t2ijax.weights.local import require_local_folder
+
+    path = os.path.join(require_local_folder(folder), name)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no {name} in {folder}")
     with open(path) as f:
