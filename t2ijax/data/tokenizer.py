@@ -83,6 +83,29 @@ def tokenize(tokenizer, texts, max_length: int, *, return_offsets: bool = False)
     return out
 
 
+def check_prompts(tokenizer, prompts, max_length: int, *, what: str = "prompt") -> list[str]:
+    """Check prompts before any compute: an empty one (or not a string) is an error naming it; returns notes on
+    those the text encoder will not read whole: longer than `max_length` tokens (how many are dropped), or
+    mostly unknown to the tokenizer's vocabulary (e.g. Chinese for an English word-level vocabulary)."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    special = set(getattr(tokenizer, "all_special_ids", ()))
+    notes = []
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"{what} {i} is empty ({prompt!r}): give text (the empty prompt is the model's "
+                             "unconditional input, not a prompt)")
+        ids = tokenizer(prompt, truncation=False, verbose=False)["input_ids"]
+        if len(ids) > max_length:
+            notes.append(f"{what} {i} has {len(ids)} tokens, the text encoder reads {max_length}: its last "
+                         f"{len(ids) - max_length} tokens are dropped")
+        words = [t for t in ids if t not in special or t == unk]
+        unknown = sum(t == unk for t in words) if unk is not None else 0
+        if unknown and 2 * unknown >= len(words):
+            notes.append(f"{what} {i}: {unknown} of {len(words)} tokens are unknown to the tokenizer (another "
+                         "language or alphabet? ERNIE-ViLG's Chinese prompts need a tokenizer that knows them)")
+    return notes
+
+
 def spans_to_token_mask(offsets: np.ndarray, spans) -> np.ndarray:
     """(L,) float32 mask of the tokens that overlap any character span (start, end, ...)."""
     mask = np.zeros(offsets.shape[0], np.float32)

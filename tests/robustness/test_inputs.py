@@ -23,3 +23,35 @@ def test_a_method_config_with_a_hub_id_fails_at_construction():
     config.model.unet_path = HUB_ID
     with pytest.raises(FileNotFoundError, match=HINT):
         SURMethod(config)
+
+
+VILG300 = [("A red colored car.", "一辆红色的汽车。"), ("A black colored dog.", "一只黑色的狗。")]  # ViLG-300 rows 1, 4
+
+
+def test_prompts_empty_too_long_and_foreign(recwarn):
+    from t2ijax.data.tokenizer import check_prompts, load_tokenizer
+
+    tok = load_tokenizer("shapes_word", 20)
+    for empty in ("", "   ", None):
+        with pytest.raises(ValueError, match=r"prompt 1 is empty"):
+            check_prompts(tok, ["a red circle", empty], 20)
+    long = " ".join(["a red circle left of a blue square"] * 4)  # 32 words + BOS / EOS
+    notes = check_prompts(tok, ["a red circle", long], 20)
+    assert notes == ["prompt 1 has 34 tokens, the text encoder reads 20: its last 14 tokens are dropped"]
+    notes = check_prompts(tok, [zh for _, zh in VILG300], 20)
+    assert len(notes) == 2 and all("unknown to the tokenizer" in n and "Chinese" in n for n in notes)
+    assert check_prompts(tok, ["a red circle"], 20) == []
+
+
+def test_sampling_warns_before_compute():
+    import warnings
+
+    from t2ijax.methods.txt2img import Txt2ImgMethod
+
+    method = Txt2ImgMethod(load_config("configs/demo_shapes.py:tiny"))
+    with pytest.raises(ValueError, match="prompt 0 is empty"):
+        method.sample(None, None, [""], seeds=[0])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        method.tokens([VILG300[0][1]])
+    assert any("unknown to the tokenizer" in str(w.message) for w in caught)
