@@ -144,11 +144,25 @@ def params_to_state_dict(params, *, dtype=None) -> StateDict:
 # ------------------------------------------------------ safetensors folders
 
 def read_safetensors(path: str | os.PathLike) -> StateDict:
-    """All tensors of one .safetensors file as numpy arrays (bf16 comes back as ml_dtypes.bfloat16)."""
+    """All tensors of one .safetensors file as numpy arrays (bf16 comes back as ml_dtypes.bfloat16).
+
+    A file that does not parse (cut short, not safetensors) or holds a non-finite value is a `WeightLoadError`
+    naming the file (and the tensor)."""
     out = {}
-    with safe_open(os.fspath(path), framework="numpy") as f:
-        for k in f.keys():
-            out[k] = f.get_tensor(k)
+    path = os.fspath(path)
+    try:
+        with safe_open(path, framework="numpy") as f:
+            for k in f.keys():
+                out[k] = f.get_tensor(k)
+    except Exception as e:  # safetensors' own errors: a bad header, a file shorter than its header says
+        raise WeightLoadError(f"{path} is not a readable safetensors file (cut short or damaged?): "
+                              f"{type(e).__name__}: {e}") from None
+    for k, v in out.items():
+        if v.dtype.kind == "f" or "float" in v.dtype.name:
+            finite = np.isfinite(np.asarray(v, np.float32))
+            if not finite.all():
+                raise WeightLoadError(f"{path}: tensor {k!r} {tuple(v.shape)} holds {int((~finite).sum())} non-finite "
+                                      "values (NaN or inf); the file is damaged or was saved from a diverged run")
     return out
 
 
@@ -157,10 +171,9 @@ def find_weights(folder: str | os.PathLike, stem: str, variant: str | None = Non
 
     Refuses pickled formats (.bin/.pt/.ckpt) with a message saying how to convert them.
     """
-    folder = os.fspath(folder)
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"{folder!r} is not a local folder. t2ijax loads local checkpoints only; "
-                                "download the model elsewhere (e.g. `huggingface-cli download`) and pass its path.")
+    from t2ijax.weights.local import require_local_folder
+
+    folder = require_local_folder(folder)
     name = f"{stem}.{variant}.safetensors" if variant else f"{stem}.safetensors"
     single = os.path.join(folder, name)
     index = single + ".index.json"
