@@ -390,6 +390,8 @@ def frozen_denoiser(m, dtype, resolution: int, what: str):
     factor = 2 ** (len(vae.module.block_out_channels) - 1) if vae is not None else 1
     if resolution % factor:
         raise ValueError(f"data.resolution {resolution} is not divisible by the VAE factor {factor}")
+    unet.module.check_sample_size(resolution // factor, f"the latent size (data.resolution {resolution} / VAE factor "
+                                  f"{factor})" if vae is not None else "data.resolution")
     return unet, vae, resolution // factor
 
 
@@ -421,6 +423,10 @@ def frozen_text_encoder(path: str | None, fields, kind: str, dtype, *, vocab_siz
                              f"{' / '.join(kinds)} model")
         config_class, module_class = classes[kind]
         module = module_class(config_class.from_hf(cfg), dtype=dtype)
+        limit = int(cfg.get("max_position_embeddings", 0) or 0) if kind == "clip" else 0
+        if limit and max_length > limit:
+            raise ValueError(f"data.max_length {max_length} exceeds the {what}'s {limit} positions ({path}): set "
+                             f"data.max_length <= {limit}")
     else:
         fields = as_dict(fields)
         if not fields:

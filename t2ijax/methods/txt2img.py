@@ -54,6 +54,7 @@ class Txt2ImgMethod(DiffusionMethod):
                                  f"equal model.text.hidden_size={width}")
         self._check_channels(unet_cfg)
         self.unet = UNet2DConditionModel.from_config(unet_cfg, dtype=self.dtype)
+        self.unet.check_sample_size(self.resolution, "data.resolution")
 
     def owns_text_encoder(self, config) -> bool:
         """Whether the method trains its own text encoder from config.model.text (subclasses with other

@@ -273,6 +273,14 @@ class UNet2DConditionModel(nn.Module):
             class_embeddings_concat=c["class_embeddings_concat"], dtype=dtype, remat=remat,
             config=freeze_config(cfg))
 
+    def check_sample_size(self, size: int, what: str = "the U-Net input size") -> None:
+        """A clear error when `size` (pixels, or latents) does not halve cleanly at each of the U-Net's
+        downsampling levels (instead of a shape mismatch deep inside a skip connection)."""
+        factor = 2 ** (len(self.block_out_channels) - 1)
+        if int(size) % factor or int(size) < factor:
+            raise ValueError(f"{what} {size} is not a multiple of the U-Net's downsampling factor {factor} "
+                             f"({len(self.block_out_channels)} resolution levels): use a resolution that is")
+
     def to_config(self) -> dict[str, Any]:
         """The diffusers config.json: the original one if built by `from_config`, else derived from the fields."""
         if self.config:

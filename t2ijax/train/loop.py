@@ -239,6 +239,12 @@ def validate(config) -> None:
             raise ValueError(f"config.{key}={config[key]} must be positive")
     if str(config.get("nonfinite", "skip")) not in NONFINITE_POLICIES:
         raise ValueError(f"config.nonfinite={config.nonfinite!r}; choose one of {NONFINITE_POLICIES}")
+    data = config.get("data")
+    if data is not None and data.get("name") == "image_text_folder":  # before any model is built or loaded
+        folder = os.path.expanduser(str(data.get("folder") or ""))
+        if not folder or not os.path.isdir(folder):
+            raise FileNotFoundError(f"config.data.folder={data.get('folder')!r} is not a folder: give the local "
+                                    "folder of images and captions (metadata.jsonl / captions.jsonl per split)")
 
 
 def setup(config, *, devices=None) -> Setup:

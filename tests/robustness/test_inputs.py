@@ -55,3 +55,37 @@ def test_sampling_warns_before_compute():
         warnings.simplefilter("always")
         method.tokens([VILG300[0][1]])
     assert any("unknown to the tokenizer" in str(w.message) for w in caught)
+
+
+def test_config_errors_before_any_model_is_built(tmp_path):
+    from t2ijax.methods.sur import SURMethod
+    from t2ijax.methods.txt2img import Txt2ImgMethod
+    from t2ijax.train import loop
+
+    demo = load_config("configs/demo_shapes.py")
+    demo.data.resolution = 30
+    with pytest.raises(ValueError, match=r"data.resolution 30 is not a multiple of the U-Net's downsampling factor 4"):
+        Txt2ImgMethod(demo)
+    sur = load_config("configs/sur_sd15.py:tiny")
+    sur.data.resolution = 18
+    with pytest.raises(ValueError, match=r"latent size \(data.resolution 18 / VAE factor 2\) 9 is not a multiple of "
+                                         r"the U-Net's downsampling factor 2"):
+        SURMethod(sur)
+    folder = load_config("configs/sur_sd15.py:tiny")
+    folder.data.name, folder.data.folder = "image_text_folder", str(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match=r"config.data.folder=.*missing' is not a folder"):
+        loop.setup(folder)
+
+
+def test_text_longer_than_a_loaded_clip_reads_is_refused(tmp_path):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from t2ijax.methods.sur import SURMethod
+
+    CLIPTextModel(CLIPTextConfig(vocab_size=99, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, max_position_embeddings=20)).save_pretrained(
+        tmp_path / "clip", safe_serialization=True)
+    config = load_config("configs/sur_shapes.py:tiny")
+    config.model.text_encoder_path = str(tmp_path / "clip")  # data.max_length is 80
+    with pytest.raises(ValueError, match=r"data.max_length 80 exceeds the SUR CLIP text encoder's 20 positions"):
+        SURMethod(config)
