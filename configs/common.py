@@ -29,6 +29,10 @@ LOGICAL_AXIS_RULES = {
 }
 
 
+# Stable Diffusion 1.x's DDPM schedule (diffusers' scheduler_config of SD1.5)
+SD15_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+
+
 def optim_defaults(**overrides) -> ml_collections.ConfigDict:
     c = dict(name="adamw", lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01, schedule="constant",
              warmup_steps=0, decay_steps=0, end_lr_factor=0.0, grad_clip_norm=1.0, grad_accum_steps=1)

@@ -111,8 +111,7 @@ def get_config(arg=None):
     c.model.adapt_uncond = True     # the CFG null states go through the adapter too (as released)
     c.model.caption_dropout = 0.0
     c.model.prediction_type = "epsilon"
-    c.model.schedule = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                            beta_schedule="scaled_linear")  # SD1.5's DDPM schedule
+    c.model.schedule = dict(common.SD15_SCHEDULE)
     c.model.frozen_seed = 0
     c.sample = ml_collections.ConfigDict(dict(num_steps=2 if tiny else 50, guidance_scale=3.0 if tiny else 7.5))
     return c
