@@ -22,6 +22,14 @@ Variants (the string after ``:``, or ``variant=...,unet_path=...,clip_tokens=...
          all the TSC needs on the closed Shapes vocabulary).
   ln     stage 2 ablation (paper Tab. 6): the plain-LayerNorm resampler, no timestep path
          (norm_type="ln", time_aware_query=False), same budget as `tsc`.
+  mlp    stage 2 ablation (paper Tab. 6's "MLP" row): a per-token two-layer MLP connector
+         (connector_type="mlp": Linear(LLM width, 64) -> GELU -> Linear(64, 64), no timestep path, the
+         U-Net attends to the caption's tokens instead of 32 latents), same budget as `tsc`.
+
+`llm=<folder>` (stage 2 only): the frozen LLM is a trained Hugging Face folder read by `load_text_encoder`
+(T5 / Llama, e.g. the Shapes LMs of configs/lm_shapes.py, which were trained on the `shapes_word` tokenizer
+used here) instead of the random tiny T5; `model.ella.input_dim` is its width (config.json's `d_model` for T5,
+`hidden_size` for Llama). Empty (the default) = the random tiny T5.
 
 Deviation from the paper, forced by the frozen U-Net: the stage-2 loss is the MSE on the
 U-Net's own prediction type (x0 here; the paper's SD 1.5 predicts epsilon), under its schedule.
@@ -30,7 +38,12 @@ Launch (all commands and measured numbers: experiments/ella_shapes/):
   t2ijax train --config=configs/ella_shapes.py:unet --workdir=runs/ella_shapes/unet
   t2ijax convert --workdir=runs/ella_shapes/unet --out=runs/ella_shapes/unet/export
   t2ijax train --config=configs/ella_shapes.py:tsc --workdir=runs/ella_shapes/tsc
+  t2ijax train --config=configs/ella_shapes.py:variant=mlp,llm=runs/shapes_lms/llama/export/llama \
+      --workdir=runs/ella_llms/llama/mlp     # trained LLMs: experiments/ella_llms/run.sh
 """
+
+import json
+import os
 
 import ml_collections
 
@@ -62,7 +75,21 @@ def _stage1(clip_tokens: int, caption: str):
     return c
 
 
-def _stage2(variant: str, unet_path: str):
+def llm_width(llm: str) -> tuple[int, str]:
+    """(hidden width, "t5" | "llama") of the Hugging Face LLM folder `llm` (T5: d_model; Llama: hidden_size)."""
+    path = os.path.join(os.path.expanduser(llm), "config.json")
+    if not os.path.exists(path):
+        raise ValueError(f"ella_shapes llm={llm!r}: no config.json there (a Hugging Face T5 / Llama folder)")
+    with open(path) as f:
+        cfg = json.load(f)
+    kind = "llama" if cfg.get("model_type") == "llama" else "t5"
+    width = cfg.get("d_model" if kind == "t5" else "hidden_size")
+    if not width:
+        raise ValueError(f"{path} has no {'d_model' if kind == 't5' else 'hidden_size'}")
+    return int(width), kind
+
+
+def _stage2(variant: str, unet_path: str, llm: str = ""):
     stage1 = demo.get_config("cpu")
     c = common.runtime_defaults(method="ella", total_steps=1500, batch_size=16, compute_dtype="float32",
                                 ema_decay=0.0, log_every=50, checkpoint_every=500, keep_last=2, tensorboard=False)
@@ -74,14 +101,21 @@ def _stage2(variant: str, unet_path: str):
     tsc = dict(time_channel=64, time_embed_dim=width, width=width, layers=2, heads=4, num_latents=32, input_dim=64)
     if variant == "ln":
         tsc.update(norm_type="ln", time_aware_query=False)
+    if variant == "mlp":
+        tsc.update(connector_type="mlp")
+    kind = "t5"
+    if llm:
+        width_llm, kind = llm_width(llm)
+        tsc.update(input_dim=width_llm)
     c.model.ella = tsc
     c.model.unet_path = unet_path
     c.model.vae_path = ""
-    c.model.text_encoder_path = ""
-    c.model.text_encoder_type = "t5"
-    # vocab_size 0 = the tokenizer's size.
-    c.model.text = dict(vocab_size=0, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
-                        feed_forward_proj="gated-gelu")
+    c.model.text_encoder_path = llm
+    c.model.text_encoder_type = kind
+    if not llm:
+        # The random tiny T5; vocab_size 0 = the tokenizer's size.
+        c.model.text = dict(vocab_size=0, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+                            feed_forward_proj="gated-gelu")
     c.model.text_dtype = "float32"
     c.model.text_mode = "fixed"
     c.model.caption_dropout = 0.1
@@ -94,9 +128,12 @@ def _stage2(variant: str, unet_path: str):
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, variant="tsc", unet_path=DEFAULT_UNET_PATH, clip_tokens=CLIP_TOKENS, stage1_caption="short")
+    arg = parse_arg(arg, variant="tsc", unet_path=DEFAULT_UNET_PATH, clip_tokens=CLIP_TOKENS, stage1_caption="short",
+                    llm="")
     if arg.variant == "unet":
+        if arg.llm:
+            raise ValueError("ella_shapes llm= applies to the stage-2 variants (tsc, ln, mlp), not to 'unet'")
         return _stage1(int(arg.clip_tokens), arg.stage1_caption)
-    if arg.variant in ("tsc", "ln"):
-        return _stage2(arg.variant, arg.unet_path)
-    raise ValueError(f"ella_shapes variant {arg.variant!r}; choose 'unet', 'tsc' or 'ln'")
+    if arg.variant in ("tsc", "ln", "mlp"):
+        return _stage2(arg.variant, arg.unet_path, arg.llm)
+    raise ValueError(f"ella_shapes variant {arg.variant!r}; choose 'unet', 'tsc' or 'ln', or the 'mlp' connector")

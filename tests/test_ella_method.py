@@ -127,3 +127,24 @@ def test_llama_backend_and_bad_configs(tmp_path):
     bad.model.text_encoder_type = "bert"
     with pytest.raises(ValueError, match="text_encoder_type"):
         ELLAMethod(bad)
+
+
+def test_ella_shapes_config_takes_a_trained_llm_folder_and_the_mlp_connector(tmp_path):
+    """configs/ella_shapes.py: llm=<folder> sets the frozen LLM and the connector's input width from its config.json;
+    variant mlp is the per-token MLP connector (experiments/ella_llms)."""
+    import json
+
+    from t2ijax.config_utils import load_config
+
+    for model_type, key in (("llama", "hidden_size"), ("t5", "d_model")):
+        folder = tmp_path / model_type
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"model_type": model_type, key: 96}))
+        c = load_config(f"configs/ella_shapes.py:variant=mlp,llm={folder}")
+        assert (c.model.text_encoder_path, c.model.text_encoder_type, c.model.ella.input_dim,
+                c.model.ella.connector_type) == (str(folder), model_type, 96, "mlp")
+        assert "text" not in c.model
+    default = load_config("configs/ella_shapes.py:tsc")
+    assert default.model.text_encoder_path == "" and default.model.ella.input_dim == 64
+    with pytest.raises(ValueError, match="applies to the stage-2 variants"):
+        load_config(f"configs/ella_shapes.py:variant=unet,llm={tmp_path / 'llama'}")
