@@ -36,8 +36,8 @@ def main(run: str, pairs: list[str], report: str = "report.json", prefix: str = 
     for split in ("test", "validation"):
         for pair in pairs:
             a, b = pair.split(":")
-            if not any(os.path.exists(folder(run, n, split, prefix, names)) for n in (a, b)):
-                continue  # that split was not evaluated for these models
+            if not all(os.path.exists(folder(run, n, split, prefix, names)) for n in (a, b)):
+                continue  # that split was not evaluated for both models (e.g. a validation-only sweep arm)
             pa, pb = (per_prompt(run, a, split, report, prefix, names),
                       per_prompt(run, b, split, report, prefix, names))
             if list(pa) != list(pb):

@@ -33,3 +33,16 @@ for arm in full no_llm; do
       --workdir=$R/$arm --config.model.llm_feature_cache=$R/llm_vectors.array_record --config.progress=False
   evaluate $arm --workdir=$R/$arm
 done
+# Validation-only sweep of the two KD weights (both at W); the test split is scored once, for the chosen one
+# (TEST_W, set after reading the validation numbers).
+for W in 1e-2; do
+  arm=full_w$W
+  [ -f $R/$arm/checkpoints/1000/_CHECKPOINT_METADATA ] || $T2I train --config=configs/sur_shapes.py:variant=full,$ARG \
+      --workdir=$R/$arm --config.model.llm_feature_cache=$R/llm_vectors.array_record --config.progress=False \
+      --config.model.loss_weights="{'llm': $W, 'prompt': $W}"
+  [ -f $R/eval_${arm}_validation/report.json ] || $T2I eval $EVAL --split=validation --out=$R/eval_${arm}_validation \
+      --workdir=$R/$arm
+  if [ "${TEST_W:-}" = "$W" ] && [ ! -f $R/eval_${arm}_test/report.json ]; then
+    $T2I eval $EVAL --split=test --out=$R/eval_${arm}_test --workdir=$R/$arm
+  fi
+done
