@@ -62,14 +62,27 @@ def load_for_inference(config, workdir: str | None = None, *, random_init: bool 
             abstract, specs = shd.abstract_with_specs(lambda r: method.init(r, config), init_key)
             target = shd.with_shardings(abstract, shard_config.tree_shardings(specs, abstract))
             ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), trainable_item=trainable_item(method))
-            step = ckpt.latest_step() if step is None else step
-            if step is None:
-                raise FileNotFoundError(f"no checkpoint under {ckpt.directory}; train first or use random_init")
+            step = newest_intact_step(ckpt) if step is None else step
             use_ema = ema and "ema" in ckpt.saved_items(step)
             params = ckpt.restore_params(target, step, ema=use_ema)
             ckpt.close()
         frozen, _ = shd.place(frozen_models(method, config, shard_config, training=False), shard_config)
     return method, params, frozen, shard_config
+
+
+def newest_intact_step(ckpt: Checkpointer) -> int:
+    """The newest checkpoint step whose files match their manifest; a damaged newer one is skipped with a warning
+    naming it (read-only: nothing is moved; a resuming `train` moves it aside)."""
+    steps = sorted(ckpt.all_steps(), reverse=True)
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint under {ckpt.directory}; train first or use random_init")
+    for step in steps:
+        why = ckpt.damage(step)
+        if why is None:
+            return step
+        print(f"[t2ijax] WARNING: checkpoint step {step} in {ckpt.directory} is damaged ({why}); using an earlier "
+              "one", flush=True)
+    raise FileNotFoundError(f"every checkpoint under {ckpt.directory} is damaged (files differ from their manifests)")
 
 
 def initial_noise(num: int, shape: Sequence[int], *, seeds: Sequence[int] | None = None, rng=None) -> jax.Array:

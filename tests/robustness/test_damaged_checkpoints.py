@@ -63,3 +63,25 @@ def test_an_intact_checkpoint_of_another_config_is_an_error_not_damage(runs, tmp
     with pytest.raises(Exception, match="hidden|shape|48"):
         loop.train(wider, str(workdir))
     assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "20"]
+
+
+def test_sample_eval_and_convert_skip_a_damaged_latest_checkpoint(runs, tmp_path, capsys):
+    """`load_for_inference` (behind sample, eval and convert) reads the newest intact step, read-only."""
+    from t2ijax.train.checkpoint import Checkpointer
+    from t2ijax.train.sampling import load_for_inference
+
+    root, _ = runs
+    workdir = tmp_path / "run"
+    shutil.copytree(root / "at20", workdir)
+    victim = _largest_file(workdir / "checkpoints" / "20" / "params")
+    with open(victim, "r+b") as f:
+        f.seek(0)
+        f.write(b"\0" * 16)  # tampered, same size
+    _, params, _, _ = load_for_inference(_config(), str(workdir), ema=False)
+    assert "checkpoint step 20" in capsys.readouterr().out
+    ckpt = Checkpointer(str(workdir / "checkpoints"))
+    want = ckpt.restore_params(None, 10)
+    ckpt.close()
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "20"]  # nothing moved by a read-only command
