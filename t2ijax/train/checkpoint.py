@@ -19,6 +19,7 @@ falls back to the previous step; a step that is intact but does not fit the targ
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -96,7 +97,23 @@ class Checkpointer:
             items["ema"] = ocp.args.StandardSave(state.ema)
         if iterator_state is not None:
             items["data_iter"] = ocp.args.JsonSave(encode_iterator_state(iterator_state))
-        return self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+        with self._failure_says_what_is_intact(step):
+            return self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+    @contextlib.contextmanager
+    def _failure_says_what_is_intact(self, step: int | None):
+        """A failed write (disk full, quota, permissions) names the step and the newest complete checkpoint, which
+        Orbax's write-then-rename leaves untouched."""
+        try:
+            yield
+        except OSError as e:
+            self.manager.reload()
+            intact = [s for s in self.all_steps() if s != step]
+            where = f"step {max(intact)}" if intact else "none yet"
+            raise OSError(e.errno, f"saving checkpoint {'step ' + str(step) if step is not None else ''} in "
+                                   f"{self.directory} failed ({e.strerror or e}); the previous checkpoint ({where}) "
+                                   "is intact: free space (or fix the cause) and rerun the same command to resume "
+                                   "from it") from e
 
     def restore(self, abstract: TrainState, step: int | None = None, *,
                 with_iterator: bool = True) -> tuple[TrainState, Any]:
@@ -189,7 +206,8 @@ class Checkpointer:
         return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._failure_says_what_is_intact(None):  # an async save's failure surfaces here
+            self.manager.wait_until_finished()
         self.write_manifests()
 
     def write_manifests(self) -> None:

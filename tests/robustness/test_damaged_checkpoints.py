@@ -85,3 +85,30 @@ def test_sample_eval_and_convert_skip_a_damaged_latest_checkpoint(runs, tmp_path
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "20"]  # nothing moved by a read-only command
+
+
+def test_a_full_disk_during_a_save_says_the_previous_checkpoint_is_intact(runs, tmp_path, monkeypatch):
+    """The write fails with ENOSPC (simulated at Orbax's manager: this container cannot fill a disk safely):
+    the error names the step and the intact previous checkpoint, from which the run then resumes exactly."""
+    import errno
+
+    import orbax.checkpoint as ocp
+
+    root, straight = runs
+    workdir = tmp_path / "run"
+    shutil.copytree(root / "at20", workdir)
+    real_save = ocp.CheckpointManager.save
+
+    def full_disk(self, step, *args, **kwargs):
+        if step == 30:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
+    with pytest.raises(OSError, match=r"saving checkpoint step 30 .* failed \(No space left on device\); the previous "
+                                      r"checkpoint \(step 20\) is intact"):
+        loop.train(_config(), str(workdir))
+    monkeypatch.setattr(ocp.CheckpointManager, "save", real_save)
+    state = loop.train(_config(), str(workdir))
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(straight.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
