@@ -89,3 +89,19 @@ def test_text_longer_than_a_loaded_clip_reads_is_refused(tmp_path):
     config.model.text_encoder_path = str(tmp_path / "clip")  # data.max_length is 80
     with pytest.raises(ValueError, match=r"data.max_length 80 exceeds the SUR CLIP text encoder's 20 positions"):
         SURMethod(config)
+
+
+def test_a_mesh_larger_than_the_machine_is_refused_at_start_up(tmp_path):
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "configs"))
+    import common
+
+    from t2ijax.train import loop
+
+    config = common.toy_config(total_steps=2, progress=False, tensorboard=False)
+    config.mesh.data = 64
+    with pytest.raises(ValueError, match=r"config.mesh=.*needs 64 devices, but \d+ are available"):
+        loop.train(config, str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")
