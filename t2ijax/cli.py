@@ -137,6 +137,11 @@ def _prompts() -> list[str]:
         prompts += [json.loads(line)["prompt"] for line in lines] if FLAGS.prompts_file.endswith(".jsonl") else lines
     if not prompts:
         _usage_error("give --prompt (repeatable) or --prompts_file")
+    empty = [i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()]
+    if empty:
+        _usage_error(f"prompt {empty[0]} is empty: give text (the empty prompt is the model's unconditional input; "
+                     "sample it with --prompt=' ' only if that is what you want)" if len(empty) == 1 else
+                     f"prompts {empty[:10]} are empty: give text")
     return prompts
 
 

@@ -83,17 +83,20 @@ def tokenize(tokenizer, texts, max_length: int, *, return_offsets: bool = False)
     return out
 
 
-def check_prompts(tokenizer, prompts, max_length: int, *, what: str = "prompt") -> list[str]:
-    """Check prompts before any compute: an empty one (or not a string) is an error naming it; returns notes on
-    those the text encoder will not read whole: longer than `max_length` tokens (how many are dropped), or
-    mostly unknown to the tokenizer's vocabulary (e.g. Chinese for an English word-level vocabulary)."""
+def check_prompts(tokenizer, prompts, max_length: int, *, what: str = "prompt", allow_empty: bool = False) -> list[str]:
+    """Check prompts before any compute: one that is not a string, or empty unless `allow_empty` (the
+    unconditional input, e.g. the demo's comparison), is an error naming it; returns notes on those the text
+    encoder will not read whole: longer than `max_length` tokens (how many are dropped), or mostly unknown to the
+    tokenizer's vocabulary (e.g. Chinese for an English word-level vocabulary)."""
     unk = getattr(tokenizer, "unk_token_id", None)
     special = set(getattr(tokenizer, "all_special_ids", ()))
     notes = []
     for i, prompt in enumerate(prompts):
-        if not isinstance(prompt, str) or not prompt.strip():
+        if not isinstance(prompt, str) or (not prompt.strip() and not allow_empty):
             raise ValueError(f"{what} {i} is empty ({prompt!r}): give text (the empty prompt is the model's "
                              "unconditional input, not a prompt)")
+        if not prompt.strip():
+            continue
         ids = tokenizer(prompt, truncation=False, verbose=False)["input_ids"]
         if len(ids) > max_length:
             notes.append(f"{what} {i} has {len(ids)} tokens, the text encoder reads {max_length}: its last "

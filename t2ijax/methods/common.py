@@ -169,13 +169,13 @@ class DiffusionMethod(MethodHooks):
             self.knowledge.check_data(config.data)
 
     def tokens(self, prompts) -> tuple[jax.Array, jax.Array]:
-        """(input_ids, attention_mask) (N, max_length) of `prompts`; an empty prompt is an error, truncated or
-        mostly unknown ones a warning (`t2ijax.data.tokenizer.check_prompts`)."""
+        """(input_ids, attention_mask) (N, max_length) of `prompts` (an empty one is the unconditional input);
+        truncated or mostly unknown ones are a warning (`t2ijax.data.tokenizer.check_prompts`)."""
         if not prompts:
             raise ValueError("sample needs at least one prompt")
         from t2ijax.data.tokenizer import check_prompts
 
-        notes = check_prompts(self.tokenizer, list(prompts), self.max_length)
+        notes = check_prompts(self.tokenizer, list(prompts), self.max_length, allow_empty=True)
         if notes:
             warnings.warn(f"{len(notes)} note(s) on {len(prompts)} prompts: " + "; ".join(notes[:5])
                           + ("; ..." if len(notes) > 5 else ""), stacklevel=2)

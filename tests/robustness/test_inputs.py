@@ -1,5 +1,7 @@
 """Bad inputs stop with a message naming what is wrong, before compute is spent (issue 17, inputs)."""
 
+import os
+
 import pytest
 
 from t2ijax.config_utils import load_config
@@ -43,14 +45,20 @@ def test_prompts_empty_too_long_and_foreign(recwarn):
     assert check_prompts(tok, ["a red circle"], 20) == []
 
 
-def test_sampling_warns_before_compute():
+def test_sampling_warns_before_compute_and_the_cli_refuses_an_empty_prompt(tmp_path):
+    import subprocess
+    import sys
     import warnings
 
     from t2ijax.methods.txt2img import Txt2ImgMethod
 
+    cli = subprocess.run([sys.executable, "-m", "t2ijax", "sample", "--config=configs/demo_shapes.py:tiny",
+                          "--random_init", "--prompt=a red circle", "--prompt=  ", f"--out={tmp_path / 'x.png'}"],
+                         capture_output=True, text=True)
+    assert cli.returncode != 0 and "prompt 1 is empty" in cli.stderr + cli.stdout, cli.stderr[-2000:]
+    assert not os.path.exists(tmp_path / "x.png")
     method = Txt2ImgMethod(load_config("configs/demo_shapes.py:tiny"))
-    with pytest.raises(ValueError, match="prompt 0 is empty"):
-        method.sample(None, None, [""], seeds=[0])
+    method.tokens(["", "a red circle"])  # the unconditional input stays valid for methods (the demo compares it)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         method.tokens([VILG300[0][1]])
