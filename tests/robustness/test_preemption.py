@@ -31,7 +31,8 @@ SCRIPT = textwrap.dedent(f"""
     sys.path.insert(0, {os.path.abspath(os.path.join(ROOT, "configs"))!r})
     import common
     from t2ijax.train import loop
-    config = common.toy_config(total_steps={STEPS}, checkpoint_every=10_000, log_every=1, tensorboard=False,
+    steps, every = (int(a) for a in sys.argv[2:4]) if len(sys.argv) > 2 else ({STEPS}, 10_000)
+    config = common.toy_config(total_steps=steps, checkpoint_every=every, log_every=1, tensorboard=False,
                                progress=False, async_checkpointing=False)
     loop.train(config, sys.argv[1])
 """)
@@ -67,12 +68,12 @@ def test_kill_9_at_ten_moments_then_resume_ends_bit_identical(tmp_path):
     """SIGKILL at 10 moments spread over the run (some inside a checkpoint save): every restart resumes from the
     newest complete checkpoint and the run ends with the uninterrupted run's parameters, bit for bit."""
     workdir = str(tmp_path / "run")
-    script = SCRIPT.replace("checkpoint_every=10_000", "checkpoint_every=25")
+    steps, every = 4000, 25  # enough steps that 10 kills land before the end (each restart moves the run on)
     rng = np.random.default_rng(0)
     kills = 0
     for attempt in range(40):
-        proc = subprocess.Popen([sys.executable, "-c", script, workdir], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, cwd=ROOT)
+        proc = subprocess.Popen([sys.executable, "-c", SCRIPT, workdir, str(steps), str(every)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
         if kills < 10:
             start = time.time()
             logged = os.path.join(workdir, "metrics.jsonl")
@@ -82,17 +83,19 @@ def test_kill_9_at_ten_moments_then_resume_ends_bit_identical(tmp_path):
                 if os.path.exists(logged) and sum(1 for _ in open(logged)) > lines:
                     break
                 time.sleep(0.02)
-            time.sleep(rng.uniform(0.0, 1.5))
+            time.sleep(rng.uniform(0.0, 0.6))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
         proc.wait(timeout=600)
-        if proc.returncode == 0 and Checkpointer(os.path.join(workdir, "checkpoints")).latest_step() == STEPS:
+        if proc.returncode == 0 and Checkpointer(os.path.join(workdir, "checkpoints")).latest_step() == steps:
             break
     assert kills == 10, f"only {kills} kills landed before the run finished"
-    resumed = loop.train(_config(), workdir)  # already at the end: restores the final checkpoint
-    straight = loop.train(_config(), str(tmp_path / "straight"))
-    assert int(resumed.step) == STEPS
+    config = _config()
+    config.total_steps, config.checkpoint_every = steps, every
+    resumed = loop.train(config, workdir)  # already at the end: restores the final checkpoint
+    straight = loop.train(config, str(tmp_path / "straight"))
+    assert int(resumed.step) == steps
     for a, b in zip(jax.tree.leaves((resumed.params, resumed.opt_state, resumed.ema)),
                     jax.tree.leaves((straight.params, straight.opt_state, straight.ema))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
