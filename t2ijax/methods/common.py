@@ -482,7 +482,8 @@ def open_feature_cache(path: str, max_length: int, width: int):
 
 class WithCachedFeatures:
     """Wraps a train loader: each batch gets `add(batch, records)` of the cache's records of its "record" ids
-    (a train-split cache's record i is train row i). Subclasses say what is added (`add`) and check it;
+    (a train-split cache's record i is train row i). By default every cached field is added; subclasses may check
+    or rename in `add`;
     `lookup` reads the records (from several caches, if a subclass has them)."""
 
     what = "feature cache"  # the config field named in errors
@@ -498,7 +499,9 @@ class WithCachedFeatures:
                              "(the cache must hold the split's captions in row order)")
 
     def add(self, batch: dict, records: dict) -> dict:
-        raise NotImplementedError
+        """Every field of the records joins the batch under its own name (subclasses check or rename)."""
+        batch.update(records)
+        return batch
 
     def __iter__(self):
         return self

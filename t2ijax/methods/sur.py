@@ -417,10 +417,6 @@ class WithLLMVectors(WithCachedFeatures):
         cls.check_rows(loader, cache, path)
         return cls(loader, cache)
 
-    def add(self, batch: dict, records: dict) -> dict:
-        batch["llm_vector"] = records["llm_vector"]
-        return batch
-
 
 def make_method(config) -> SURMethod:
     return SURMethod(config)
