@@ -56,6 +56,8 @@ def runtime_defaults(**overrides) -> ml_collections.ConfigDict:
     c.async_checkpointing = True
     c.prefetch = 2                     # batches read + transferred ahead in a background thread (0: inline)
     c.resume = True                    # resume from the latest checkpoint of the workdir
+    c.resume_data = True               # ... and the data position (False: the data order restarts, e.g. a
+                                       # sharded dataset resumed with another number of processes)
     c.init_from = ""                   # start the trainable params from a workdir or an upstream folder/file
     c.init_from_ema = False            # with a workdir: take its EMA params instead of the raw ones
     c.tensorboard = True

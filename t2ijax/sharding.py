@@ -270,6 +270,23 @@ def global_batch(local_batch: Mapping[str, np.ndarray], shard_config: ShardConfi
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
 
 
+def process_allgather_json(value) -> list:
+    """Every process's JSON-able `value`, in process order (one process: ``[value]``). A collective: every
+    process must call it at the same point."""
+    if jax.process_count() == 1:
+        return [value]
+    import json
+
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(json.dumps(value, sort_keys=True).encode(), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.int32(data.size))).reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[:data.size] = data
+    rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(sizes), -1)
+    return [json.loads(bytes(row[:n])) for row, n in zip(rows, sizes)]
+
+
 def to_host(tree):
     """numpy copy of a tree of arrays; replicated arrays spanning several processes are read from the
     local replica (``jax.device_get`` refuses arrays that are not fully addressable)."""

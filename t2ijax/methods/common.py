@@ -404,6 +404,20 @@ def _text_classes():
             "clip": (CLIPTextConfig, CLIPTextModel)}
 
 
+def _check_text_length(cfg: dict, kind: str, max_length: int, whose: str, path: str) -> None:
+    """CLIP's learned positions end at max_position_embeddings: longer text cannot be encoded (an error). Llama's
+    rotary and T5's relative positions compute at any length, but past the trained length (Llama's
+    max_position_embeddings, T5's n_positions where its config gives one) the features are untrained: a warning."""
+    limit = int(cfg.get("n_positions" if kind == "t5" else "max_position_embeddings", 0) or 0)
+    if not limit or max_length <= limit:
+        return
+    message = f"data.max_length {max_length} exceeds {whose} {limit} positions ({path})"
+    if kind == "clip":
+        raise ValueError(f"{message}: set data.max_length <= {limit}")
+    warnings.warn(f"{message}, the length it was trained on: tokens past {limit} get untrained positions; set "
+                  f"data.max_length <= {limit} unless that is intended", stacklevel=3)
+
+
 def frozen_text_encoder(path: str | None, fields, kind: str, dtype, *, vocab_size: int, max_length: int,
                         kinds=("t5", "llama", "clip"), what: str = "text encoder") -> FrozenModel:
     """A Hugging Face text-encoder folder (T5 / mT5 / UMT5, Llama, CLIP text), or config `fields` of a random
@@ -423,10 +437,7 @@ def frozen_text_encoder(path: str | None, fields, kind: str, dtype, *, vocab_siz
                              f"{' / '.join(kinds)} model")
         config_class, module_class = classes[kind]
         module = module_class(config_class.from_hf(cfg), dtype=dtype)
-        limit = int(cfg.get("max_position_embeddings", 0) or 0) if kind == "clip" else 0
-        if limit and max_length > limit:
-            raise ValueError(f"data.max_length {max_length} exceeds the {what}'s {limit} positions ({path}): set "
-                             f"data.max_length <= {limit}")
+        _check_text_length(cfg, kind, max_length, f"the {what}'s", path)
     else:
         fields = as_dict(fields)
         if not fields:

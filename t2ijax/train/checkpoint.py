@@ -7,7 +7,8 @@ Items of a step:
   train_meta        {"step", "rng"}
   config            the resolved config (JSON)
   data_iter         the data iterator's state (JSON), so a resumed run sees exactly the data
-                    an uninterrupted run would
+                    an uninterrupted run would; several processes save ``{"processes": [state of each]}``
+                    (gathered to process 0, which writes JSON items)
 
 Restores always build explicit ``ShapeDtypeStruct(..., sharding=...)`` targets from the
 CURRENT mesh, so a checkpoint written on one topology restores onto another. Restore
@@ -29,7 +30,9 @@ from typing import Any
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from t2ijax.sharding import to_host
+import jax
+
+from t2ijax.sharding import process_allgather_json, to_host
 from t2ijax.train.state import TrainState
 
 _BYTES_TAG = "__bytes_b64__"
@@ -44,10 +47,22 @@ def encode_iterator_state(state: Any) -> dict:
     return {"state": state}
 
 
-def decode_iterator_state(blob: dict) -> Any:
-    if _BYTES_TAG in blob:
-        return base64.b64decode(blob[_BYTES_TAG])
-    return blob["state"]
+def decode_iterator_state(blob: dict, *, portable: bool = False) -> Any:
+    """This process's data-iterator state from a saved `data_iter` item. States saved by another number of
+    processes are refused unless `portable` (the loader's position is global, e.g. procedural loaders)."""
+    states = blob["processes"] if "processes" in blob else [blob]
+    if len(states) == jax.process_count():
+        chosen = states[jax.process_index()]
+    elif portable:
+        chosen = states[0]
+    else:
+        raise ValueError(f"the checkpoint's data-iterator state was saved by {len(states)} process(es) and this run "
+                         f"has {jax.process_count()}: per-process positions in a sharded dataset do not map onto "
+                         f"another process count; resume with {len(states)} process(es), or set "
+                         "config.resume_data=False to restart the data order (the model state is restored)")
+    if _BYTES_TAG in chosen:
+        return base64.b64decode(chosen[_BYTES_TAG])
+    return chosen["state"]
 
 
 class Checkpointer:
@@ -96,7 +111,10 @@ class Checkpointer:
         if state.ema is not None:
             items["ema"] = ocp.args.StandardSave(state.ema)
         if iterator_state is not None:
-            items["data_iter"] = ocp.args.JsonSave(encode_iterator_state(iterator_state))
+            blob = encode_iterator_state(iterator_state)
+            if jax.process_count() > 1:  # each process's position in its shard (process 0 writes JSON items)
+                blob = {"processes": process_allgather_json(blob)}
+            items["data_iter"] = ocp.args.JsonSave(blob)
         with self._failure_says_what_is_intact(step):
             return self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
@@ -115,9 +133,10 @@ class Checkpointer:
                                    "is intact: free space (or fix the cause) and rerun the same command to resume "
                                    "from it") from e
 
-    def restore(self, abstract: TrainState, step: int | None = None, *,
-                with_iterator: bool = True) -> tuple[TrainState, Any]:
-        """(state, data-iterator state or None). `abstract` carries the target shardings."""
+    def restore(self, abstract: TrainState, step: int | None = None, *, with_iterator: bool = True,
+                portable_iterator: bool = False) -> tuple[TrainState, Any]:
+        """(state, this process's data-iterator state or None). `abstract` carries the target shardings;
+        `portable_iterator`: see `decode_iterator_state`."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
@@ -138,23 +157,31 @@ class Checkpointer:
         out = self.manager.restore(step, args=ocp.args.Composite(**items))
         state = TrainState(step=out["train_meta"]["step"], params=out[self.item], opt_state=out["opt_state"],
                            ema=out["ema"] if abstract.ema is not None else None, rng=out["train_meta"]["rng"])
-        iterator_state = decode_iterator_state(out["data_iter"]) if "data_iter" in items else None
+        iterator_state = (decode_iterator_state(out["data_iter"], portable=portable_iterator) if "data_iter" in items
+                          else None)
         return state, iterator_state
 
-    def restore_newest_intact(self, abstract: TrainState, *, with_iterator: bool = True) -> tuple[TrainState, Any]:
+    def restore_newest_intact(self, abstract: TrainState, *, with_iterator: bool = True,
+                              portable_iterator: bool = False) -> tuple[TrainState, Any]:
         """`restore` of the newest step that is intact. A step whose files differ from its manifest, or that fails
-        to restore and also fails to read as saved (no target), is damaged: it is renamed ``<step>.damaged`` (kept for inspection), a warning names
-        it, and the previous step is tried. A failure on an intact step (e.g. a config whose shapes differ)
-        is raised as it is."""
-        for step in sorted(self.all_steps(), reverse=True):
-            why = self.damage(step)
+        to restore and also fails to read as saved (no target), is damaged: it is renamed ``<step>.damaged`` (kept
+        for inspection), a warning names it, and the previous step is tried. A failure on an intact step (e.g. a
+        config whose shapes differ) is raised as it is. Several processes take process 0's list of steps and its
+        reading of the manifests, and agree on every failure, so that they all restore the same step."""
+        for step in _from_process_0(sorted(self.all_steps(), reverse=True)):
+            why = _from_process_0(self.damage(step))
             if why is None:
+                error = None
                 try:
-                    return self.restore(abstract, step, with_iterator=with_iterator)
-                except Exception as error:  # noqa: BLE001 -- told apart below: damaged, or not this config's
-                    if self._reads_as_saved(step):
-                        raise
-                    why = f"{type(error).__name__}: {str(error)[:300]}"
+                    restored = self.restore(abstract, step, with_iterator=with_iterator,
+                                            portable_iterator=portable_iterator)
+                except Exception as e:  # noqa: BLE001 -- told apart below: damaged, or not this config's
+                    error = e
+                if not _on_any_process(error is not None):
+                    return restored
+                if not _on_any_process(not self._reads_as_saved(step)):
+                    raise error or RuntimeError(f"restoring checkpoint step {step} failed on another process")
+                why = f"{type(error).__name__}: {str(error)[:300]}" if error else "unreadable on another process"
             moved = self._move_aside(step)
             log.warning("checkpoint step %d in %s is damaged (%s); moved to %s, falling back to the previous "
                         "checkpoint", step, self.directory, why, moved)
@@ -174,13 +201,17 @@ class Checkpointer:
             return False
 
     def _move_aside(self, step: int) -> str:
-        src = os.path.join(self.directory, str(step))
-        dst = f"{src}.damaged"
-        n = 1
-        while os.path.exists(dst):
-            n += 1
-            dst = f"{src}.damaged{n}"
-        os.rename(src, dst)
+        """Rename `step` to ``<step>.damaged`` (process 0, once every process is done reading it)."""
+        _from_process_0(None)  # a barrier: nobody still reads the step
+        dst = None
+        if jax.process_index() == 0:
+            src = os.path.join(self.directory, str(step))
+            dst, n = f"{src}.damaged", 1
+            while os.path.exists(dst):
+                n += 1
+                dst = f"{src}.damaged{n}"
+            os.rename(src, dst)
+        dst = _from_process_0(dst)  # also the barrier after the rename
         self.manager.reload()
         return dst
 
@@ -213,8 +244,6 @@ class Checkpointer:
     def write_manifests(self) -> None:
         """Record size and SHA-256 of every file of each finished step that has no manifest yet (process 0), so
         that a file later cut short or altered is detected (`damage`)."""
-        import jax
-
         if jax.process_index() != 0:
             return
         for step in self.all_steps():
@@ -248,6 +277,15 @@ class Checkpointer:
         self.manager.wait_until_finished()
         self.write_manifests()
         self.manager.close()
+
+
+def _from_process_0(value):
+    """Process 0's `value` on every process (a collective; the value itself with one process)."""
+    return process_allgather_json(value)[0]
+
+
+def _on_any_process(flag: bool) -> bool:
+    return any(process_allgather_json(bool(flag)))
 
 
 def _file_digests(folder: str) -> dict[str, list]:

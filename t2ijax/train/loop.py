@@ -30,6 +30,7 @@ import optax
 
 from t2ijax import sharding as shd
 from t2ijax.config_utils import config_to_dict
+from t2ijax.data.procedural import ProceduralLoader
 from t2ijax.methods import get_method
 from t2ijax.train import metrics as mt
 from t2ijax.train.checkpoint import Checkpointer
@@ -389,16 +390,19 @@ def train(config, workdir: str, *, devices=None, stop_after: int | None = None,
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), trainable_item=trainable_item(s.method),
                         keep_last=int(config.keep_last), keep_period=int(config.get("keep_period", 0)),
                         async_save=bool(config.get("async_checkpointing", True)))
+    local_batch = int(config.batch_size) // jax.process_count()
+    loader = make_loader(config, split="train", batch_size=local_batch, seed=int(config.seed),
+                         shard_index=jax.process_index(), shard_count=jax.process_count())
     if config.get("resume", True) and ckpt.latest_step() is not None:
-        state, iterator_state = ckpt.restore_newest_intact(s.abstract_state)
+        # a procedural loader's position is global: it maps onto any process count
+        state, iterator_state = ckpt.restore_newest_intact(
+            s.abstract_state, with_iterator=bool(config.get("resume_data", True)),
+            portable_iterator=isinstance(loader, ProceduralLoader))
         log.info("resumed from step %d of %s", int(state.step), ckpt.directory)
     else:
         state, iterator_state = s.state, None
     start = int(shd.to_host(state.step))
 
-    local_batch = int(config.batch_size) // jax.process_count()
-    loader = make_loader(config, split="train", batch_size=local_batch, seed=int(config.seed),
-                         shard_index=jax.process_index(), shard_count=jax.process_count())
     if callable(getattr(s.method, "wrap_loader", None)):  # e.g. ELLA adds cached text features
         loader = s.method.wrap_loader(loader, "train")
     if iterator_state is not None:

@@ -1,6 +1,8 @@
 """A synthetic image-caption loader with the data pipeline's interface (``data.name = "synthetic"``).
 
-Deterministic in (seed, split, batch index, shard): useful for tests and benchmarks
+Deterministic in (seed, split, batch index) and independent of the process count: the global batch n is drawn
+whole and each shard takes its rows, so 2 processes x batch 4 see what 1 process x batch 8 sees. Useful for tests
+and benchmarks
 without a dataset on disk. Each example is a flat-coloured square on a grey
 background whose colour and position are given by its first two tokens, so a
 text-conditioned model has something to learn.
@@ -35,10 +37,10 @@ class SyntheticLoader(ProceduralLoader):
         self.split = _SPLITS[split]
 
     def batch(self, n: int) -> dict[str, np.ndarray]:
-        b = self.batch_size
-        rng = np.random.default_rng([self.seed, self.split, n, self.shard_index])
-        lengths = rng.integers(2, self.max_length + 1, size=b)
-        ids = rng.integers(1, self.vocab_size, size=(b, self.max_length))
+        b, rows = self.batch_size, slice(self.shard_index * self.batch_size, (self.shard_index + 1) * self.batch_size)
+        rng = np.random.default_rng([self.seed, self.split, n, 0])  # the global batch n (all shards' rows)
+        lengths = rng.integers(2, self.max_length + 1, size=b * self.shard_count)[rows]
+        ids = rng.integers(1, self.vocab_size, size=(b * self.shard_count, self.max_length))[rows]
         mask = (np.arange(self.max_length)[None] < lengths[:, None]).astype(np.int32)
         ids = (ids * mask).astype(np.int32)  # 0 pads
         r = self.resolution

@@ -1,6 +1,7 @@
 """Bad inputs stop with a message naming what is wrong, before compute is spent (issue 17, inputs)."""
 
 import os
+import warnings
 
 import pytest
 
@@ -113,3 +114,53 @@ def test_a_mesh_larger_than_the_machine_is_refused_at_start_up(tmp_path):
     with pytest.raises(ValueError, match=r"config.mesh=.*needs 64 devices, but \d+ are available"):
         loop.train(config, str(tmp_path / "run"))
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_text_past_a_loaded_llama_or_t5_trained_length_warns(tmp_path):
+    """Llama (rotary) and T5 (relative) positions compute at any length, so longer text is a warning naming the
+    limit, not an error as with CLIP's learned positions."""
+    import jax.numpy as jnp
+    from transformers import LlamaConfig, LlamaModel, T5Config, T5EncoderModel
+
+    from t2ijax.methods.common import frozen_text_encoder
+
+    LlamaModel(LlamaConfig(vocab_size=99, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                           num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=24)).save_pretrained(
+        tmp_path / "llama", safe_serialization=True)
+    T5EncoderModel(T5Config(vocab_size=99, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                            n_positions=24)).save_pretrained(tmp_path / "t5", safe_serialization=True)
+    for kind in ("llama", "t5"):
+        with pytest.warns(UserWarning, match=r"data.max_length 80 exceeds the LLM's 24 positions .*trained on"):
+            frozen_text_encoder(str(tmp_path / kind), None, kind, jnp.float32, vocab_size=99, max_length=80,
+                                what="LLM")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # within the limit: silent
+            frozen_text_encoder(str(tmp_path / kind), None, kind, jnp.float32, vocab_size=99, max_length=24,
+                                what="LLM")
+
+
+def test_a_global_batch_that_does_not_split_over_the_mesh_or_the_processes_is_refused(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    code = ("import sys; sys.path.insert(0, 'configs'); import common\n"
+            "from t2ijax.train import loop\n"
+            "config = common.toy_config(total_steps=2, batch_size=6, progress=False, tensorboard=False)\n"
+            "config.mesh.data = 4\n"
+            f"loop.train(config, {str(tmp_path / 'run')!r})\n")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, env=env, timeout=300)
+    assert proc.returncode != 0
+    assert "config.batch_size=6 is not divisible by the batch mesh axes ('data', 'fsdp') of size 4" in proc.stderr, \
+        proc.stderr[-3000:]
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+    sys.path.insert(0, os.path.join(root, "configs"))
+    import common
+
+    from t2ijax.train import loop
+
+    monkeypatch.setattr(loop.jax, "process_count", lambda: 2)
+    with pytest.raises(ValueError, match=r"config.batch_size=7 must divide evenly over 2 processes"):
+        loop.validate(common.toy_config(batch_size=7))
