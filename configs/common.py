@@ -54,6 +54,8 @@ def runtime_defaults(**overrides) -> ml_collections.ConfigDict:
     c.keep_last = 3                    # most recent checkpoints kept
     c.keep_period = 0                  # also keep every step divisible by this (0: none)
     c.async_checkpointing = True
+    c.checkpoint_digest = "sha256"     # manifest of each saved step: "sha256" (detects any change) | "size"
+                                       # (cuts only; no re-read of the files: for multi-GB states)
     c.prefetch = 2                     # batches read + transferred ahead in a background thread (0: inline)
     c.resume = True                    # resume from the latest checkpoint of the workdir
     c.resume_data = True               # ... and the data position (False: the data order restarts, e.g. a

@@ -54,7 +54,6 @@ from t2ijax.methods.txt2img import Txt2ImgMethod
 from t2ijax.models.experts import expert_params, num_stacked, stack_experts
 
 MODES = ("vmap", "round_robin", "by_mass")
-EDM_SAMPLERS = ("heun", "euler", "dpm")
 
 
 def _tree_reshape(tree, lead: tuple[int, ...]):
@@ -158,7 +157,7 @@ class ExpertsMethod(Txt2ImgMethod):
         self.train_text_encoder = bool(field(m, "train_text_encoder", True))
         self.seed = int(config.seed)
         sampler = str(config.sample.get("sampler", "ddim" if self.formulation == "ddpm" else "heun"))
-        allowed = ("ddim", "euler", "heun", "dpm") if self.formulation == "ddpm" else EDM_SAMPLERS
+        allowed = ("ddim", *SIGMA_SAMPLERS) if self.formulation == "ddpm" else tuple(SIGMA_SAMPLERS)
         if sampler not in allowed:
             raise ValueError(f"sample.sampler={sampler!r} for formulation {self.formulation!r}; choose {allowed}")
         self.sampler_name = sampler

@@ -36,7 +36,8 @@ from t2ijax.sharding import process_allgather_json, to_host
 from t2ijax.train.state import TrainState
 
 _BYTES_TAG = "__bytes_b64__"
-MANIFEST = "t2ijax_manifest.json"  # {relative path: [size, sha256]} of a finished step's files
+MANIFEST = "t2ijax_manifest.json"  # {relative path: [size, sha256 or null]} of a finished step's files
+DIGESTS = ("sha256", "size")  # "size": no re-read of each checkpoint after saving (multi-GB states); catches cuts only
 log = logging.getLogger(__name__)
 
 
@@ -72,15 +73,17 @@ class Checkpointer:
     """
 
     def __init__(self, directory: str, *, trainable_item: str = "params", keep_last: int = 3,
-                 keep_period: int = 0, async_save: bool = True):
+                 keep_period: int = 0, async_save: bool = True, digest: str = "sha256"):
         policies = [pp.LatestN(n=keep_last)]
         if keep_period:
             policies.append(pp.EveryNSteps(keep_period))
         options = ocp.CheckpointManagerOptions(
             create=True, enable_async_checkpointing=async_save,
             preservation_policy=pp.AnyPreservationPolicy(policies))
+        if digest not in DIGESTS:
+            raise ValueError(f"config.checkpoint_digest={digest!r}; choose one of {DIGESTS}")
         self.directory = os.path.abspath(directory)
-        self.item = trainable_item
+        self.item, self.digest = trainable_item, digest
         handlers = {name: ocp.StandardCheckpointHandler()
                     for name in (trainable_item, "opt_state", "ema", "train_meta")}
         handlers.update(config=ocp.JsonCheckpointHandler(), data_iter=ocp.JsonCheckpointHandler())
@@ -242,15 +245,15 @@ class Checkpointer:
         self.write_manifests()
 
     def write_manifests(self) -> None:
-        """Record size and SHA-256 of every file of each finished step that has no manifest yet (process 0), so
-        that a file later cut short or altered is detected (`damage`)."""
+        """Record size and SHA-256 (only the size with digest "size") of every file of each finished step that has
+        no manifest yet (process 0), so that a file later cut short or altered is detected (`damage`)."""
         if jax.process_index() != 0:
             return
         for step in self.all_steps():
             folder = os.path.join(self.directory, str(step))
             if os.path.exists(os.path.join(folder, MANIFEST)) or not os.path.isdir(folder):
                 continue
-            files = _file_digests(folder)
+            files = _file_digests(folder, sha256=self.digest == "sha256")
             tmp = os.path.join(folder, MANIFEST + ".tmp")
             with open(tmp, "w") as f:
                 json.dump(files, f, sort_keys=True)
@@ -264,7 +267,7 @@ class Checkpointer:
             return None
         with open(path) as f:
             want = json.load(f)
-        have = _file_digests(folder)
+        have = _file_digests(folder, sha256=any(entry[1] for entry in want.values()))
         missing = sorted(set(want) - set(have))
         if missing:
             return f"missing files {missing[:3]}"
@@ -288,7 +291,7 @@ def _on_any_process(flag: bool) -> bool:
     return any(process_allgather_json(bool(flag)))
 
 
-def _file_digests(folder: str) -> dict[str, list]:
+def _file_digests(folder: str, *, sha256: bool = True) -> dict[str, list]:
     out = {}
     for root, _, names in os.walk(folder):
         for name in names:
@@ -296,9 +299,12 @@ def _file_digests(folder: str) -> dict[str, list]:
             rel = os.path.relpath(path, folder)
             if rel.startswith(MANIFEST):
                 continue
-            h = hashlib.sha256()
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            out[rel] = [os.path.getsize(path), h.hexdigest()]
+            digest = None
+            if sha256:
+                h = hashlib.sha256()
+                with open(path, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        h.update(chunk)
+                digest = h.hexdigest()
+            out[rel] = [os.path.getsize(path), digest]
     return out

@@ -389,7 +389,8 @@ def train(config, workdir: str, *, devices=None, stop_after: int | None = None,
     resolved = write_config_json(config, workdir)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), trainable_item=trainable_item(s.method),
                         keep_last=int(config.keep_last), keep_period=int(config.get("keep_period", 0)),
-                        async_save=bool(config.get("async_checkpointing", True)))
+                        async_save=bool(config.get("async_checkpointing", True)),
+                        digest=str(config.get("checkpoint_digest", "sha256")))
     local_batch = int(config.batch_size) // jax.process_count()
     loader = make_loader(config, split="train", batch_size=local_batch, seed=int(config.seed),
                          shard_index=jax.process_index(), shard_count=jax.process_count())

@@ -126,7 +126,7 @@ class Progress:
         elapsed = time.perf_counter() - self._t0
         rate = (step - self._s0) / elapsed if elapsed > 0 else 0.0
         eta = (self.total - step) / rate if rate > 0 else float("nan")
-        body = " ".join(f"{k}={v:.4g}" for k, v in scalars.items())
+        body = " ".join(f"{k}={v:.4g}" for k, v in scalars.items() if v or k != "nonfinite_steps")
         print(f"step {step}/{self.total} {body} eta={_fmt_seconds(eta)}", flush=True)
 
     def close(self) -> None:

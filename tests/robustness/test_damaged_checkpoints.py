@@ -112,3 +112,26 @@ def test_a_full_disk_during_a_save_says_the_previous_checkpoint_is_intact(runs, 
     state = loop.train(_config(), str(workdir))
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(straight.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_size_only_manifest_catches_cuts_without_reading_the_files(runs, tmp_path):
+    from t2ijax.train.checkpoint import MANIFEST, Checkpointer
+
+    root, _ = runs
+    workdir = tmp_path / "run"
+    shutil.copytree(root / "at20", workdir)
+    for step in ("10", "20"):
+        os.remove(workdir / "checkpoints" / step / MANIFEST)
+    ckpt = Checkpointer(str(workdir / "checkpoints"), digest="size")
+    ckpt.write_manifests()
+    victim = _largest_file(workdir / "checkpoints" / "20" / "params")
+    size = os.path.getsize(victim)
+    with open(victim, "r+b") as f:
+        f.write(b"\0" * 16)  # same size: not seen without SHA-256 (the documented price of "size")
+    assert ckpt.damage(20) is None
+    with open(victim, "r+b") as f:
+        f.truncate(size // 2)
+    assert f"({size // 2} of {size} bytes)" in ckpt.damage(20)
+    ckpt.close()
+    with pytest.raises(ValueError, match=r"config.checkpoint_digest='md5'; choose one of \('sha256', 'size'\)"):
+        Checkpointer(str(workdir / "checkpoints"), digest="md5")
