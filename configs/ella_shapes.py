@@ -25,6 +25,8 @@ Variants (the string after ``:``, or ``variant=...,unet_path=...,clip_tokens=...
   mlp    stage 2 ablation (paper Tab. 6's "MLP" row): a per-token two-layer MLP connector
          (connector_type="mlp": Linear(LLM width, 64) -> GELU -> Linear(64, 64), no timestep path, the
          U-Net attends to the caption's tokens instead of 32 latents), same budget as `tsc`.
+  tiny   the smoke run of stage 2: `tsc` at toy widths against a random frozen one-level U-Net (no stage 1
+         needed), the demo's tiny data, 4 steps.
 
 `llm=<folder>` (stage 2 only): the frozen LLM is a trained Hugging Face folder read by `load_text_encoder`
 (T5 / Llama, e.g. the Shapes LMs of configs/lm_shapes.py, which were trained on the `shapes_word` tokenizer
@@ -35,6 +37,7 @@ Deviation from the paper, forced by the frozen U-Net: the stage-2 loss is the MS
 U-Net's own prediction type (x0 here; the paper's SD 1.5 predicts epsilon), under its schedule.
 
 Launch (all commands and measured numbers: experiments/ella_shapes/):
+  t2ijax train --config=configs/ella_shapes.py:tiny --workdir=runs/ella_shapes_tiny   # smoke run, ~1 minute
   t2ijax train --config=configs/ella_shapes.py:unet --workdir=runs/ella_shapes/unet
   t2ijax convert --workdir=runs/ella_shapes/unet --out=runs/ella_shapes/unet/export
   t2ijax train --config=configs/ella_shapes.py:tsc --workdir=runs/ella_shapes/tsc
@@ -127,6 +130,20 @@ def _stage2(variant: str, unet_path: str, llm: str = ""):
     return c
 
 
+def _tiny():
+    c = _stage2("tsc", "", "")
+    c.update(total_steps=4, batch_size=4, log_every=2, checkpoint_every=4)
+    c.data = demo.data_config(tiny=True, max_length=T5_TOKENS)
+    c.data.caption = "dense"
+    c.model.unet = demo._unet(tiny=True)  # random and frozen: the smoke run needs no stage 1
+    width = c.model.unet.cross_attention_dim
+    c.model.ella.update(time_channel=16, time_embed_dim=width, width=width, layers=1, heads=2, num_latents=8,
+                        input_dim=16)
+    c.model.text.update(d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)
+    c.sample.num_steps = 2
+    return c
+
+
 def get_config(arg=None):
     arg = parse_arg(arg, variant="tsc", unet_path=DEFAULT_UNET_PATH, clip_tokens=CLIP_TOKENS, stage1_caption="short",
                     llm="")
@@ -136,4 +153,7 @@ def get_config(arg=None):
         return _stage1(int(arg.clip_tokens), arg.stage1_caption)
     if arg.variant in ("tsc", "ln", "mlp"):
         return _stage2(arg.variant, arg.unet_path, arg.llm)
-    raise ValueError(f"ella_shapes variant {arg.variant!r}; choose 'unet', 'tsc' or 'ln', or the 'mlp' connector")
+    if arg.variant == "tiny":
+        return _tiny()
+    raise ValueError(f"ella_shapes variant {arg.variant!r}; choose 'unet', 'tsc' or 'ln', or the 'mlp' connector, "
+                     "or 'tiny'")

@@ -47,8 +47,12 @@ def test_ella_shapes_stages_fit_together():
         for key in ("resolution", "num_train", "num_val", "num_test", "seed"):
             assert c.data[key] == unet.data[key], key
     assert load_config(f"{path}:variant=ln").model.ella.norm_type == "ln"
-    with pytest.raises(ValueError, match="choose 'unet', 'tsc' or 'ln'"):
+    with pytest.raises(ValueError, match="choose 'unet', 'tsc' or 'ln'.*or 'tiny'"):
         load_config(f"{path}:variant=xl")
+    tiny = load_config(f"{path}:tiny")  # stage 2 at toy widths against a random frozen U-Net: no stage 1 needed
+    assert tiny.method == "ella" and not tiny.model.unet_path and tiny.model.unet
+    assert tiny.model.ella.width == tiny.model.unet.cross_attention_dim == tiny.model.ella.time_embed_dim
+    assert tiny.model.ella.input_dim == tiny.model.text.d_model and tiny.data.num_train == 64
 
 
 def test_unknown_keys_are_rejected_naming_the_key():
