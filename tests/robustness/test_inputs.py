@@ -164,3 +164,26 @@ def test_a_global_batch_that_does_not_split_over_the_mesh_or_the_processes_is_re
     monkeypatch.setattr(loop.jax, "process_count", lambda: 2)
     with pytest.raises(ValueError, match=r"config.batch_size=7 must divide evenly over 2 processes"):
         loop.validate(common.toy_config(batch_size=7))
+
+
+def test_bilingual_prompts_pass_through_a_byte_level_tokenizer_whole(tmp_path):
+    """ViLG-300's Chinese rows: a tokenizer that covers them (byte-level BPE, as multilingual LLMs use; built here
+    in the Hugging Face folder format) reads them without a note, and its ids decode back to the prompt."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from t2ijax.data.tokenizer import check_prompts, load_tokenizer
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    core.train_from_iterator([t for row in VILG300 for t in row] * 4, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>", "<unk>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>").save_pretrained(
+        tmp_path / "tok")
+    tok = load_tokenizer(str(tmp_path / "tok"), 64)
+    prompts = [p for row in VILG300 for p in row] + ["Ein rotes Auto, très rapide — ñ"]  # unseen letters too
+    assert check_prompts(tok, prompts, 64) == []
+    for prompt in prompts:
+        ids = tok(prompt)["input_ids"]
+        assert ids and tok.decode(ids) == prompt
