@@ -106,6 +106,11 @@ def state_dict_to_params(state_dict: Mapping[str, np.ndarray], abstract_params, 
             got = tuple(state_dict[key].shape)
             if want != got:
                 problems.append(f"shape mismatch for {key}: checkpoint has {got}, model expects {want}")
+            stored = np.asarray(state_dict[key]).dtype
+            floating = jax.numpy.issubdtype  # numpy's own does not know bfloat16 / float8
+            if floating(flat_abs[path].dtype, np.inexact) and not floating(stored, np.inexact):
+                problems.append(f"dtype of {key}: checkpoint has {stored}, the model's parameter is "
+                                f"{flat_abs[path].dtype} (a floating tensor was expected)")
     if problems:
         raise WeightLoadError(f"{what} does not match the model:\n  " + "\n  ".join(problems))
     out = {}

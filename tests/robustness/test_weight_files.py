@@ -44,3 +44,18 @@ def test_pickled_files_are_refused_with_the_conversion_hint_and_never_opened(tmp
     path.write_bytes(b"\x80\x04 this would be a pickle")
     with pytest.raises(Exception, match=r"(?i)pickle|convert"):
         load_sur_adapter(str(path))
+
+
+def test_a_tensor_of_the_wrong_kind_is_refused_naming_it(adapter_file):
+    sd = load_file(adapter_file)
+    sd["fc.bias"] = sd["fc.bias"].astype(np.int32)  # e.g. a tampered or mis-converted file: never cast silently
+    save_file(sd, adapter_file)
+    with pytest.raises(WeightLoadError, match=r"dtype of fc.bias: checkpoint has int32, the model's parameter is "
+                                              r"float32"):
+        load_sur_adapter(adapter_file)
+    import ml_dtypes
+
+    for half in (np.float16, ml_dtypes.bfloat16):  # another float width is a cast, as upstream half files need
+        sd["fc.bias"] = sd["fc.bias"].astype(half)
+        save_file(sd, adapter_file)
+        load_sur_adapter(adapter_file)
