@@ -194,11 +194,17 @@ def test_vmap_step_equals_training_each_expert_separately(vmap_run):
     m = s.method
     n, b = m.num_experts, int(c.batch_size) // m.num_experts
     assert set(metrics) >= {"loss", "loss_mean", "loss_expert_0", "loss_expert_2"}
+    tx, _ = make_optimizer(c.optim, int(c.total_steps))  # the plain optimizer, one global clip norm
+    grad_fn = jax.jit(jax.grad(m._expert_loss))  # compiled once for all experts
+
+    @jax.jit
+    def apply(grads, opt, p):
+        updates, opt = tx.update(grads, opt, p)
+        return optax.apply_updates(p, updates), opt
+
     for e in range(n):
-        tx, _ = make_optimizer(c.optim, int(c.total_steps))  # the plain optimizer, one global clip norm
         p = expert_params(state0.params["unet"], e)
         opt = tx.init(p)
-        loss_e = jax.jit(jax.grad(m._expert_loss))
         for i, batch in enumerate(batches):
             rng = jax.random.fold_in(state0.rng, i)
             cond_key, level_key, noise_key = jax.random.split(rng, 3)
@@ -206,10 +212,9 @@ def test_vmap_step_equals_training_each_expert_separately(vmap_run):
             ids = jnp.broadcast_to(jnp.arange(n)[:, None], (n, b))
             levels = m.partition.sample_levels(level_key, ids)[e]
             sl = slice(e * b, (e + 1) * b)
-            grads = loss_e(p, batch["image"][sl], jax.tree.map(lambda x: x[sl], cond), levels,
-                           jax.random.split(noise_key, n)[e])
-            updates, opt = tx.update(grads, opt, p)
-            p = optax.apply_updates(p, updates)
+            grads = grad_fn(p, batch["image"][sl], jax.tree.map(lambda x: x[sl], cond), levels,
+                            jax.random.split(noise_key, n)[e])
+            p, opt = apply(grads, opt, p)
         jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5),
                      expert_params(state.params["unet"], e), p)
     # the frozen text encoder did not move; the experts moved apart from their common start
