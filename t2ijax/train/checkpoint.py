@@ -27,10 +27,9 @@ import logging
 import os
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
-
-import jax
 
 from t2ijax.sharding import process_allgather_json, to_host
 from t2ijax.train.state import TrainState
@@ -172,7 +171,7 @@ class Checkpointer:
         config whose shapes differ) is raised as it is. Several processes take process 0's list of steps and its
         reading of the manifests, and agree on every failure, so that they all restore the same step."""
         for step in _from_process_0(sorted(self.all_steps(), reverse=True)):
-            why = _from_process_0(self.damage(step))
+            why = _from_process_0(self.damage(step) if jax.process_index() == 0 else None)  # one reader
             if why is None:
                 error = None
                 try:

@@ -2,10 +2,8 @@
 
 Deterministic in (seed, split, batch index) and independent of the process count: the global batch n is drawn
 whole and each shard takes its rows, so 2 processes x batch 4 see what 1 process x batch 8 sees. Useful for tests
-and benchmarks
-without a dataset on disk. Each example is a flat-coloured square on a grey
-background whose colour and position are given by its first two tokens, so a
-text-conditioned model has something to learn.
+and benchmarks without a dataset on disk. Each example is a flat-coloured square on a grey background whose colour
+and position are given by its first two tokens, so a text-conditioned model has something to learn.
 
 Batch: "image" (B,H,W,3) float32 in [-1,1], "input_ids" (B,L) int32,
 "attention_mask" (B,L) int32, "example_id" (B,) int32 (the global example index).
