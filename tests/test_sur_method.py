@@ -170,6 +170,28 @@ def test_export_loads_back_as_init_from_for_training_and_sampling(sur, tmp_path)
         other.load_init(path, None, None)
 
 
+def test_an_adapter_trained_with_an_llm_folder_samples_and_exports_where_that_folder_is_not(sur, tmp_path):
+    """Inference never needs the LLM: a config naming an LLM folder that this machine lacks still samples and
+    exports (the adapter; LLMResize, whose width comes from the LLM, with a warning); training says what is missing."""
+    from t2ijax.train.sampling import load_for_inference
+    from t2ijax.weights import load_llm_projection
+
+    method, _, params, _ = sur
+    (path,) = method.export(nn.meta.unbox(params), str(tmp_path / "export"))
+    elsewhere = ("--config.model.llm_path=/elsewhere/llama-13b", "--config.model.llm={}")
+    config = _config(f"--config.init_from={path}", *elsewhere)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        inference, loaded, frozen, _ = load_for_inference(config, random_init=True)
+    assert inference.sample(loaded, frozen, ["a red circle"], seeds=[0]).shape == (1, 32, 32, 3)
+    with pytest.warns(UserWarning, match=r"LLMResize not exported .*llm_projection\(0, <LLM width>, 16\)"):
+        (again,) = inference.export(loaded, str(tmp_path / "again"))
+    with pytest.raises(FileNotFoundError, match="no LLM projection"):  # the adapter alone
+        load_llm_projection(again)
+    with pytest.raises(FileNotFoundError, match="/elsewhere/llama-13b"):
+        SURMethod(_config(*elsewhere)).frozen(config)
+
+
 def _set(path, value):
     def edit(config):
         *parents, leaf = path.split(".")

@@ -58,7 +58,9 @@ with it samples with that adapter and no workdir.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -138,7 +140,14 @@ class SURMethod(DiffusionMethod):
         self.adapter = self._build_adapter(as_dict(field(m, "sur", {})), width, release)
         self.llm_cache = field(m, "llm_feature_cache")
         self.llm_layer = int(field(m, "llm_layer", -1))
-        self._llm = self._build_llm(m) if self.w_llm > 0 else None
+        self._model_config, self._wants_llm = m, self.w_llm > 0
+        if self._wants_llm and self.llm_caption is None and not self.llm_cache:
+            raise ValueError("the LLM term (model.loss_weights.llm > 0) needs the simple prompt in the LLM's "
+                             "tokenization: data.extra_captions.llm = '<caption kind>:<llm tokenizer>:<length>', or a "
+                             "model.llm_feature_cache")
+        path = field(m, "llm_path")
+        if not path or os.path.isdir(os.path.expanduser(path)):
+            self._llm  # noqa: B018 -- here: checked at construction; elsewhere (e.g. sampling on another machine): lazily
         self.clip_sample = bool(config.sample.get("clip_sample", self.vae is None))
 
     # ---------------------------------------------------------------- set-up
@@ -172,16 +181,15 @@ class SURMethod(DiffusionMethod):
             raise ValueError(f"model.sur.width={adapter.width} must equal the CLIP width {width}")
         return adapter
 
-    def _build_llm(self, m):
+    @functools.cached_property
+    def _llm(self):
+        """The frozen LLM, built when first needed (training without a cache, `prepare`, LLMResize's width):
+        sampling and export from a trained adapter never need its folder."""
         from t2ijax.data.tokenizer import load_tokenizer
 
-        if self.llm_cache:
-            if not field(m, "llm_path") and not field(m, "llm"):
-                return None  # the cache alone (prepare needs the LLM: it says so)
-        if self.llm_caption is None and not self.llm_cache:
-            raise ValueError("the LLM term (model.loss_weights.llm > 0) needs the simple prompt in the LLM's "
-                             "tokenization: data.extra_captions.llm = '<caption kind>:<llm tokenizer>:<length>', or a "
-                             "model.llm_feature_cache")
+        m = self._model_config
+        if not self._wants_llm or (self.llm_cache and not field(m, "llm_path") and not field(m, "llm")):
+            return None  # no LLM term, or the cache alone (prepare needs the LLM: it says so)
         _, tok, length = self.llm_caption or (None, self.data_config.tokenizer, self.max_length)
         self.llm_tokenizer, self.llm_length = load_tokenizer(tok, length), length
         llm = frozen_text_encoder(field(m, "llm_path"), field(m, "llm"), "llama", self.dtype,
@@ -396,7 +404,15 @@ class SURMethod(DiffusionMethod):
         LLMResize projection (``t2ijax convert``): `t2ijax.weights.save_sur_adapter`."""
         from t2ijax.weights import save_sur_adapter
 
-        proj = self.projection() if self.w_llm > 0 else None
+        proj = None
+        if self.w_llm > 0:
+            try:
+                proj = self.projection()
+            except FileNotFoundError as e:  # neither the LLM folder nor its cache here: the adapter alone
+                warnings.warn(f"LLMResize not exported (its width comes from the LLM or its feature cache: {e}); "
+                              f"the adapter is complete without it (inference needs no LLM); it is "
+                              f"t2ijax.methods.sur_losses.llm_projection({self.projection_seed}, <LLM width>, "
+                              f"{self.adapter.width})", stacklevel=2)
         return [save_sur_adapter(self.adapter, jax.device_get(params), os.path.join(out_dir, "adapter.safetensors"),
                                  llm_projection=proj)]
 
